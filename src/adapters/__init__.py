@@ -1,0 +1,1 @@
+"""USP adapters layer (see docs/architecture.md)."""

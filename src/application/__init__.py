@@ -1,0 +1,1 @@
+"""USP application layer (see docs/architecture.md)."""

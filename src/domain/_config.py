@@ -1,0 +1,329 @@
+"""``PredictorConfig``: every hyperparameter of the predictor, frozen and hashable.
+
+The class is flat (one attribute per key, as the API specification writes it) so that it can
+be a static argument under ``jax.jit``; each field also records the ``config.toml`` section it
+lives in, its documentation and its admissible range. ``config_from_sections`` builds a
+config from the parsed TOML sections with cattrs and rejects unknown keys, wrong types and
+out-of-range values with a :class:`ConfigError` that names the key and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+
+from ._errors import ConfigError
+
+SECTIONS = ("core", "sensitivity", "kernels", "orchestrator", "numerical", "io", "security",
+            "meta_optimization")
+
+
+def _key(default: Any, section: str, doc: str, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[Any, ...] | None = None, locked: bool = False, unit: str = "") -> Any:
+    """An attrs field carrying its section, doc string, range and lock flag as metadata."""
+    meta = {"section": section, "doc": doc, "lo": lo, "hi": hi, "choices": choices,
+            "locked": locked, "unit": unit}
+    return attrs.field(default=default, metadata=meta)
+
+
+@attrs.frozen
+class PredictorConfig:
+    """Hyperparameter vector Λ (spec §2.1 plus what the model needs). Immutable and hashable."""
+
+    # [core] ------------------------------------------------------------------------------
+    schema_version: str = _key("1.0", "core", "Snapshot schema version written into every snapshot.",
+                               locked=True)
+    float_precision: int = _key(64, "core", "Floating-point width of the core (only 64 is supported).",
+                                choices=(64,), locked=True)
+    jax_platform: str = _key("cpu", "core", "JAX platform the predictor runs on.",
+                             choices=("cpu", "gpu", "tpu"), locked=True)
+    seed: int = _key(0, "core", "Seed of the explicit PRNG key held in the state.", lo=0, hi=2**32 - 1)
+    staleness_ttl_ns: int = _key(500_000_000, "core",
+                                 "An observation older than this (clock now − timestamp) freezes the "
+                                 "weights and enters degraded mode.", lo=1, unit="ns")
+    besov_nyquist_interval_ns: int = _key(100_000_000, "core",
+                                          "Gap between consecutive timestamps above which a "
+                                          "FrequencyWarning is emitted and the weights freeze for "
+                                          "that tick.", lo=1, unit="ns")
+    inference_recovery_hysteresis: float = _key(0.8, "core",
+                                                "Degraded mode ends only on ticks fresher than this "
+                                                "fraction of the TTL.", lo=0.0, hi=1.0)
+    degraded_recovery_min_steps: int = _key(2, "core", "Consecutive fresh ticks needed to leave "
+                                            "degraded mode.", lo=1, hi=10_000)
+    sigma_bound: float = _key(20.0, "core", "Catastrophic-outlier bound: |y − ŷ| > sigma_bound·σ is "
+                              "rejected (state untouched, DomainError event).", lo=1.0, hi=1e6)
+    frozen_signal_steps: int = _key(5, "core", "N_freeze: this many identical consecutive values "
+                                    "raise the frozen-signal alarm.", lo=2, hi=10_000)
+    frozen_signal_release_steps: int = _key(2, "core", "Consecutive lively steps that release the "
+                                            "frozen-signal alarm.", lo=1, hi=10_000)
+    frozen_signal_variance_ratio: float = _key(0.1, "core", "A step is lively when the local "
+                                               "variance of increments exceeds this fraction of "
+                                               "the historical one.", lo=0.0, hi=1.0)
+    confidence_level: float = _key(0.95, "core", "Nominal coverage of the prediction interval.",
+                                   lo=0.5, hi=0.999)
+    # [sensitivity] -----------------------------------------------------------------------
+    epsilon: float = _key(1e-3, "sensitivity", "ε₀: entropic regularisation of Sinkhorn and of the "
+                          "free energy.", lo=1e-6, hi=1e6)
+    learning_rate: float = _key(0.01, "sensitivity", "τ: JKO time step before the stability bound.",
+                                lo=1e-8, hi=10.0)
+    cusum_h: float = _key(5.0, "sensitivity", "CUSUM threshold h in units of σ (before the "
+                          "kurtosis factor).", lo=0.1, hi=100.0)
+    cusum_k: float = _key(0.5, "sensitivity", "CUSUM slack k in units of σ.", lo=0.0, hi=10.0)
+    grace_period_steps: int = _key(20, "sensitivity", "Steps after an alarm during which no new "
+                                   "alarm is emitted.", lo=0, hi=100_000)
+    volatility_alpha: float = _key(0.1, "sensitivity", "EMA decay of the residual variance.",
+                                   lo=1e-4, hi=1.0)
+    kurtosis_window: int = _key(252, "sensitivity", "Length of the rolling residual window for "
+                                "the kurtosis κ_t.", lo=8, hi=100_000)
+    # [orchestrator] ----------------------------------------------------------------------
+    jko_domain_length: float = _key(1.0, "orchestrator", "L in the entropy window c·L²/σ².",
+                                    lo=1e-6, hi=1e6)
+    entropy_window_relaxation_factor: float = _key(5.0, "orchestrator", "c in the entropy window "
+                                                   "c·L²/σ².", lo=1e-6, hi=1e6)
+    entropy_window_bounds_min: int = _key(10, "orchestrator", "Lower clip of the entropy window.",
+                                          lo=1, hi=100_000, unit="steps")
+    entropy_window_bounds_max: int = _key(500, "orchestrator", "Upper clip of the entropy window.",
+                                          lo=1, hi=100_000, unit="steps")
+    learning_rate_safety_factor: float = _key(0.8, "orchestrator", "Safety factor of the stability "
+                                              "bound τ ≤ safety·2εσ².", lo=1e-6, hi=1.0)
+    learning_rate_minimum: float = _key(1e-6, "orchestrator", "Floor of the JKO time step τ.",
+                                        lo=0.0, hi=1.0)
+    jko_mirror_step: float = _key(0.25, "orchestrator", "Step of the entropic mirror update that "
+                                  "solves one JKO step (weights move by at most this many nats "
+                                  "per unit of standardised energy per tick).", lo=1e-6, hi=100.0)
+    sinkhorn_cost_type: str = _key("squared", "orchestrator", "Transport and loss cost: squared or "
+                                   "huber (huber is forced in emergency mode).",
+                                   choices=("squared", "huber"))
+    sinkhorn_huber_delta: float = _key(1.0, "orchestrator", "Huber δ, in units of the residual σ.",
+                                       lo=1e-6, hi=1e6)
+    sinkhorn_max_iter: int = _key(30, "orchestrator", "Bound on Sinkhorn iterations per tick (dual "
+                                  "potentials are warm-started from the previous tick).",
+                                  lo=1, hi=10_000)
+    sinkhorn_tolerance: float = _key(1e-9, "orchestrator", "Marginal error under which Sinkhorn "
+                                     "counts as converged.", lo=1e-15, hi=1.0)
+    epsilon_min: float = _key(1e-4, "orchestrator", "ε_min in ε_t = max(ε_min, ε₀(1 + α·σ_t)).",
+                              lo=1e-8, hi=1e6)
+    epsilon_volatility_coupling: float = _key(0.5, "orchestrator", "α in ε_t = max(ε_min, "
+                                              "ε₀(1 + α·σ_t)), σ_t the volatility ratio.",
+                                              lo=0.0, hi=1e3)
+    interval_adaptation_rate: float = _key(0.01, "orchestrator", "Step of the online calibration "
+                                           "of the interval width (0 disables it).", lo=0.0, hi=1.0)
+    holder_threshold: float = _key(0.4, "orchestrator", "Circuit breaker: emergency when the Hölder "
+                                   "exponent falls below this.", lo=0.0, hi=2.0)
+    robustness_dimension_threshold: float = _key(1.5, "orchestrator", "Circuit breaker: emergency "
+                                                 "when the graph dimension 2 − H exceeds this plus "
+                                                 "the margin.", lo=1.0, hi=2.0)
+    robustness_force_kernel_d: bool = _key(True, "orchestrator", "In emergency, put all weight on "
+                                           "kernel D when it is enabled.")
+    robustness_hysteresis_margin: float = _key(0.1, "orchestrator", "Hysteresis margin of the "
+                                               "circuit breaker (in units of H).", lo=0.0, hi=1.0)
+    holder_smoothing: float = _key(0.05, "orchestrator", "EMA weight of the smoothed Hölder "
+                                   "estimate that drives the circuit breaker.", lo=1e-4, hi=1.0)
+    entropy_scaling_trigger: float = _key(2.0, "orchestrator", "Entropy ratio that triggers "
+                                          "architecture rescaling of kernel B.", lo=1.0, hi=100.0)
+    # [kernels] ---------------------------------------------------------------------------
+    enabled_kernels: tuple[str, ...] = _key(("A",), "kernels", "Kernels mixed by the orchestrator, "
+                                            "by registered name (see `usp kernels list`).")
+    window_size: int = _key(256, "kernels", "Length of the signal window every kernel sees.",
+                            lo=16, hi=65_536, unit="samples")
+    kernel_a_order: int = _key(8, "kernels", "Maximum AR order of kernel A (the order used is chosen "
+                               "by BIC over 0..max).", lo=1, hi=64)
+    kernel_a_mode: str = _key("linear", "kernels", "Kernel A: linear Wiener–Levinson predictor, or "
+                              "rkhs (Gaussian-kernel ridge on delay embeddings).",
+                              choices=("linear", "rkhs"))
+    kernel_a_rkhs_points: int = _key(64, "kernels", "Kernel A rkhs: most recent delay embeddings "
+                                     "used for the ridge fit.", lo=8, hi=1024)
+    kernel_a_ridge: float = _key(1e-2, "kernels", "Kernel A rkhs: ridge penalty λ (relative to the "
+                                 "kernel matrix diagonal).", lo=1e-10, hi=1e6)
+    log_sig_depth: int = _key(3, "kernels", "Signature depth of kernel D.", choices=(2, 3, 4, 5))
+    kernel_c_jump_intensity: float = _key(0.05, "kernels", "Kernel C prior jump intensity λ.",
+                                          lo=0.0, hi=1e3)
+    kernel_c_jump_mean: float = _key(0.0, "kernels", "Kernel C prior jump mean.", lo=-1e6, hi=1e6)
+    kernel_c_jump_scale: float = _key(0.1, "kernels", "Kernel C prior jump scale.", lo=0.0, hi=1e6)
+    kernel_c_jump_max_events: int = _key(16, "kernels", "Kernel C: most jumps simulated per step.",
+                                         lo=1, hi=1024)
+    # [numerical] -------------------------------------------------------------------------
+    wtmm_buffer_size: int = _key(128, "numerical", "Samples in the roughness buffer; also the "
+                                 "minimum history for fit_history and the calibration length.",
+                                 lo=32, hi=65_536, unit="samples")
+    besov_cone_c: float = _key(1.5, "numerical", "Cone constant linking wavelet maxima across "
+                               "scales.", lo=0.1, hi=10.0)
+    koopman_top_k: int = _key(5, "numerical", "Koopman (DMD) modes reported.", lo=1, hi=64)
+    koopman_min_power: float = _key(1e-10, "numerical", "Koopman modes below this power are dropped.",
+                                    lo=0.0, hi=1.0)
+    paley_wiener_integral_max: float = _key(100.0, "numerical", "Paley–Wiener integral above which "
+                                            "the spectrum is flagged irregular.", lo=0.0, hi=1e9)
+    sde_fd_epsilon: float = _key(1e-6, "numerical", "Finite-difference step of the stiffness "
+                                 "Jacobian (kernel C).", lo=1e-15, hi=1.0)
+    signal_sampling_interval: float = _key(1.0, "numerical", "Nominal sampling interval used as Δt "
+                                           "by the kernels and spectral diagnostics.", lo=1e-12,
+                                           hi=1e12, unit="s")
+    # [io] --------------------------------------------------------------------------------
+    snapshot_path: str = _key("snapshots", "io", "Directory (or key prefix) of state snapshots.",
+                              locked=True)
+    telemetry_buffer_maxlen: int = _key(1024, "io", "Bound of the telemetry queue.", lo=1,
+                                        hi=10_000_000, locked=True)
+    credentials_vault_path: str = _key(".env", "io", "File of secrets read into the environment "
+                                       "(never committed).", locked=True)
+    # [security] --------------------------------------------------------------------------
+    telemetry_hash_interval_steps: int = _key(1000, "security", "Steps between parity hashes of "
+                                              "the weights and transport cost.", lo=1, hi=10**9,
+                                              locked=True)
+    snapshot_integrity_hash_algorithm: str = _key("sha256", "security", "Digest appended to every "
+                                                  "snapshot.", choices=("sha256",), locked=True)
+    # [meta_optimization] -----------------------------------------------------------------
+    max_deep_tuning_iterations: int = _key(500, "meta_optimization", "Trial budget of the deep "
+                                           "tuning tier.", lo=1, hi=100_000, locked=True)
+    checkpoint_path: str = _key("io/checkpoints", "meta_optimization", "Directory of tuning "
+                                "checkpoints.", locked=True)
+    mutation_protocol_version: str = _key("1", "meta_optimization", "Version of the config "
+                                          "mutation protocol.", locked=True)
+
+    def __attrs_post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def n_kernels(self) -> int:
+        return len(self.enabled_kernels)
+
+
+FIELDS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(PredictorConfig)}
+
+
+def _range_text(field: attrs.Attribute) -> str:
+    meta = field.metadata
+    if meta["choices"] is not None:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is None and hi is None:
+        return "any value"
+    return f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+
+
+def _where(name: str) -> str:
+    return f"[{FIELDS[name].metadata['section']}] {name}"
+
+
+def _check_value(field: attrs.Attribute, value: Any) -> None:
+    meta = field.metadata
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(f"{_where(field.name)} = {value!r}: allowed {_range_text(field)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{_where(field.name)} = {value!r}: must be finite, allowed "
+                              f"{_range_text(field)}")
+        if (meta["lo"] is not None and value < meta["lo"]) or (
+                meta["hi"] is not None and value > meta["hi"]):
+            raise ConfigError(f"{_where(field.name)} = {value!r}: out of range, allowed "
+                              f"{_range_text(field)}")
+
+
+def validate(config: PredictorConfig) -> None:
+    """Check every field's type and range and the cross-field constraints (raises ConfigError)."""
+    for field in FIELDS.values():
+        value = getattr(config, field.name)
+        expected = field.type if isinstance(field.type, type) else None
+        if field.name == "enabled_kernels":
+            if not isinstance(value, tuple) or not value or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{_where('enabled_kernels')} = {value!r}: a non-empty list of "
+                                  "kernel names is required")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{_where('enabled_kernels')} = {list(value)!r}: names repeat")
+            continue
+        _check_type(field.name, value, _TYPES[field.name] if expected is None else expected)
+        _check_value(field, value)
+    if config.entropy_window_bounds_min > config.entropy_window_bounds_max:
+        raise ConfigError(f"{_where('entropy_window_bounds_min')} = {config.entropy_window_bounds_min}"
+                          f" exceeds entropy_window_bounds_max = {config.entropy_window_bounds_max}")
+    if config.window_size < config.wtmm_buffer_size:
+        raise ConfigError(f"{_where('window_size')} = {config.window_size}: must be at least "
+                          f"wtmm_buffer_size = {config.wtmm_buffer_size}")
+    if 4 * config.kernel_a_order >= config.wtmm_buffer_size:
+        raise ConfigError(f"{_where('kernel_a_order')} = {config.kernel_a_order}: must be below "
+                          f"wtmm_buffer_size / 4 = {config.wtmm_buffer_size / 4:g}")
+    if config.kernel_a_rkhs_points + config.kernel_a_order >= config.window_size:
+        raise ConfigError(f"{_where('kernel_a_rkhs_points')} = {config.kernel_a_rkhs_points}: plus "
+                          f"kernel_a_order must stay below window_size = {config.window_size}")
+
+
+_PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+_TYPES: dict[str, type] = {
+    f.name: _PY_TYPES[f.type] for f in attrs.fields(PredictorConfig) if isinstance(f.type, str)
+    and f.type in _PY_TYPES
+}
+
+
+def _check_type(name: str, value: Any, expected: type) -> None:
+    ok = (isinstance(value, bool) if expected is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
+          isinstance(value, int) and not isinstance(value, bool) if expected is int else
+          isinstance(value, expected))
+    if not ok:
+        raise ConfigError(f"{_where(name)} = {value!r}: expected {expected.__name__}, got "
+                          f"{type(value).__name__}; allowed {_range_text(FIELDS[name])}")
+
+
+def _converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    # Keep values as written (no silent str→float coercion): `validate` checks the types.
+    for kind in (int, float, str, bool):
+        converter.register_structure_hook(kind, lambda value, _: value)
+    converter.register_structure_hook_func(
+        lambda kind: kind == tuple[str, ...] or kind == "tuple[str, ...]",
+        lambda value, _: tuple(value) if isinstance(value, (list, tuple)) else value)
+    return converter
+
+
+_CONVERTER = _converter()
+
+
+def config_from_sections(sections: Mapping[str, Any]) -> PredictorConfig:
+    """Build a config from ``{section: {key: value}}`` (the parsed ``config.toml``).
+
+    Missing keys take their defaults. Unknown sections, unknown keys, keys in the wrong
+    section, wrong types and out-of-range values raise :class:`ConfigError`.
+    """
+    flat: dict[str, Any] = {}
+    for section, table in sections.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}]; allowed: "
+                              + ", ".join(f"[{s}]" for s in SECTIONS))
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{section}] must be a table of keys, got {type(table).__name__}")
+        for key, value in table.items():
+            field = FIELDS.get(key)
+            if field is None:
+                raise ConfigError(f"unknown key [{section}] {key}; see docs/configuration.md for "
+                                  "the keys of each section")
+            if field.metadata["section"] != section:
+                raise ConfigError(f"key {key} belongs to [{field.metadata['section']}], not "
+                                  f"[{section}]")
+            flat[key] = value
+    try:
+        return _CONVERTER.structure(flat, PredictorConfig)
+    except cattrs.BaseValidationError as exc:
+        raise _first_config_error(exc) from None
+
+
+def _first_config_error(exc: BaseException) -> ConfigError:
+    """The ConfigError inside a cattrs exception group (validation runs in __attrs_post_init__)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _first_config_error(inner)
+        if found is not None:
+            return found
+    return ConfigError(f"invalid configuration: {exc}")
+
+
+def config_to_sections(config: PredictorConfig) -> dict[str, dict[str, Any]]:
+    """The inverse of :func:`config_from_sections` (tuples become lists, as in TOML)."""
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, field in FIELDS.items():
+        value = getattr(config, name)
+        sections[field.metadata["section"]][name] = list(value) if isinstance(value, tuple) else value
+    return sections

@@ -1,0 +1,1 @@
+"""USP plugins layer (see docs/architecture.md)."""

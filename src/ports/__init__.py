@@ -1,0 +1,1 @@
+"""USP ports layer (see docs/architecture.md)."""
