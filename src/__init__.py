@@ -1,6 +1,60 @@
-"""USP — Universal Stochastic Predictor."""
+"""USP — Universal Stochastic Predictor.
+
+Online, tick-by-tick forecasting of a scalar stream whose law is unknown: prediction kernels
+mixed by an optimal-transport (JKO/Sinkhorn) orchestrator, guarded by a roughness circuit
+breaker and a kurtosis-adaptive CUSUM regime detector. See README.md.
+"""
 
 from . import _jax_setup  # noqa: F401  (x64 and cache settings before any JAX use)
-from .domain import ConfigError, DomainError, IntegrityError, PredictorConfig
+from .application import (
+    BatchPrediction,
+    ColumnarBatch,
+    FunctionalPredictor,
+    OperatingMode,
+    PredictionResult,
+    ProcessState,
+    Telemetry,
+    UniversalPredictor,
+)
+from .application.config_file import load_config
+from .application.types import (
+    CriticalSingularityEvent,
+    Event,
+    FrozenSignalAlarmEvent,
+    FrozenSignalReleasedEvent,
+    LowEpsilonEvent,
+    NonFiniteRejectedEvent,
+    NormalOperationRestoredEvent,
+    OutlierRejectedEvent,
+    OutOfOrderRejectedEvent,
+    RegimeChangedEvent,
+    SingularityClearedEvent,
+    SinkhornNotConvergedEvent,
+    SparseArrivalEvent,
+    StaleDataEvent,
+)
+from .domain import (
+    ConfigError,
+    DomainError,
+    FrequencyWarning,
+    IntegrityError,
+    KernelForecast,
+    KernelSpec,
+    PredictorConfig,
+    StalenessWarning,
+    TimestampError,
+    USPError,
+    Window,
+)
+from .domain._events import EventCode
 
-__all__ = ["ConfigError", "DomainError", "IntegrityError", "PredictorConfig"]
+__all__ = [
+    "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError",
+    "Event", "EventCode", "FrequencyWarning", "FrozenSignalAlarmEvent", "FrozenSignalReleasedEvent",
+    "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec", "LowEpsilonEvent",
+    "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode", "OutOfOrderRejectedEvent",
+    "OutlierRejectedEvent", "PredictionResult", "PredictorConfig", "ProcessState", "RegimeChangedEvent",
+    "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SparseArrivalEvent", "StaleDataEvent",
+    "StalenessWarning", "Telemetry", "TimestampError", "USPError", "UniversalPredictor", "Window",
+    "load_config",
+]

@@ -1,1 +1,5 @@
-"""USP ports layer (see docs/architecture.md)."""
+"""Ports: typing.Protocol interfaces the application depends on."""
+
+from .clock import Clock
+
+__all__ = ["Clock"]

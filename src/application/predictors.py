@@ -1,0 +1,291 @@
+"""The predictors: ``FunctionalPredictor`` (stateless, one asset or a batch) and
+``UniversalPredictor`` (stateful wrapper with the host-side checks of spec §4.2).
+
+Both compile the core once per (config, kernel set) and, for batches, once per batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..domain import FrequencyWarning, PredictorConfig, StalenessWarning
+from ..domain._core import CoreState, Out, make_core
+from ..domain._events import EventCode
+from ..ports import Clock
+from .types import (
+    ColumnarBatch,
+    PredictionResult,
+    ProcessState,
+    Telemetry,
+    decode_events,
+    to_magnitude,
+)
+
+logger = logging.getLogger("usp.predictor")
+UNTIMED = -1  # timestamp of history ticks: no staleness / Nyquist / ordering checks
+
+
+def _default_clock() -> Clock:
+    from ..adapters.clocks import SystemClock  # the only adapter the application defaults to
+
+    return SystemClock()
+
+
+def _resolve(config: PredictorConfig, kernels, plugin_manager):
+    if kernels is not None:
+        return tuple(kernels)
+    from ..plugins.manager import resolve_kernels
+
+    return resolve_kernels(config, plugin_manager)
+
+
+@attrs.frozen
+class BatchPrediction:
+    """Results of ``step_batch``: arrays over assets, with PredictionResult views per asset."""
+
+    outputs: np.ndarray  # float64[N, Out.length(n)]
+    kernel_names: tuple[str, ...]
+    timestamps_ns: np.ndarray
+
+    @property
+    def reference_prediction(self) -> np.ndarray:
+        return self.outputs[:, Out.PREDICTION]
+
+    @property
+    def confidence_lower(self) -> np.ndarray:
+        return self.outputs[:, Out.LOWER]
+
+    @property
+    def confidence_upper(self) -> np.ndarray:
+        return self.outputs[:, Out.UPPER]
+
+    @property
+    def operating_mode(self) -> np.ndarray:
+        return self.outputs[:, Out.MODE].astype(np.int32)
+
+    @property
+    def events(self) -> np.ndarray:
+        return self.outputs[:, Out.EVENTS].astype(np.int64)
+
+    @property
+    def weights(self) -> np.ndarray:
+        n = len(self.kernel_names)
+        return self.outputs[:, Out.SIZE:Out.SIZE + n]
+
+    def __len__(self) -> int:
+        return self.outputs.shape[0]
+
+    def __getitem__(self, index: int) -> PredictionResult:
+        return result_from_output(self.outputs[index], self.kernel_names, int(self.timestamps_ns[index]))
+
+    def __iter__(self) -> Iterator[PredictionResult]:
+        return (self[i] for i in range(len(self)))
+
+
+def result_from_output(output: np.ndarray, kernel_names: tuple[str, ...], timestamp_ns: int | None,
+                       request_id: str | None = None) -> PredictionResult:
+    """Build the host-side result from one output vector of the core."""
+    n = len(kernel_names)
+    out = output.tolist()
+    weights = tuple(out[Out.SIZE:Out.SIZE + n])
+    means = out[Out.SIZE + n:Out.SIZE + 2 * n]
+    telemetry = Telemetry(
+        holder_exponent=out[Out.HOLDER], weights=weights, kernel_names=kernel_names,
+        kernel_predictions=dict(zip(kernel_names, means, strict=True)), kurtosis=out[Out.KURTOSIS],
+        dgm_entropy=None, adaptive_threshold=out[Out.THRESHOLD], cusum_statistic=out[Out.CUSUM],
+        distance_to_collapse=out[Out.DISTANCE], free_energy=out[Out.FREE_ENERGY],
+        sinkhorn_converged=bool(out[Out.SINKHORN_CONVERGED]), sinkhorn_error=out[Out.SINKHORN_ERROR],
+        sinkhorn_epsilon=out[Out.EPSILON], residual_sigma=out[Out.SIGMA],
+        degraded_inference_mode=bool(out[Out.DEGRADED]), emergency_mode=bool(out[Out.EMERGENCY]),
+        regime_change_detected=bool(out[Out.REGIME_CHANGE]), mode_collapse_warning=False,
+        frozen_signal=bool(out[Out.FROZEN]), events=decode_events(int(out[Out.EVENTS]), timestamp_ns))
+    return PredictionResult(out[Out.PREDICTION], out[Out.LOWER], out[Out.UPPER], int(out[Out.MODE]),
+                            telemetry, request_id)
+
+
+class FunctionalPredictor:
+    """Stateless predictor: ``(S_t, obs_t) -> (S_{t+1}, prediction)``; thousands of assets share
+    one compiled graph (``step_batch`` vmaps the core over a leading asset axis).
+
+    Args:
+        config: the hyperparameters (defaults if None).
+        clock: where "now" comes from for the staleness check (system clock by default).
+        kernels: explicit kernel specs (default: the config's enabled kernels from the plugins).
+        plugin_manager: a pluggy manager to resolve kernels from (default: built-ins + entry points).
+    """
+
+    def __init__(self, config: PredictorConfig | None = None, *, clock: Clock | None = None,
+                 kernels=None, plugin_manager=None) -> None:
+        self.config = config or PredictorConfig()
+        self.clock = clock or _default_clock()
+        self.kernels = _resolve(self.config, kernels, plugin_manager)
+        self.kernel_names = tuple(k.name for k in self.kernels)
+        init, step = make_core(self.config, self.kernels)
+        self._init = jax.jit(init)
+        self._init_batch = jax.jit(jax.vmap(init))
+        self._step = jax.jit(step)
+        self._step_batch = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None)))
+
+        def scan(state, values):
+            untimed = jnp.full(values.shape, UNTIMED, jnp.int64)
+            return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0)), state, (values, untimed))
+
+        self._scan = jax.jit(scan)
+        self._scan_batch = jax.jit(jax.vmap(scan))
+
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self, n_assets: int | None = None, key: jax.Array | None = None) -> CoreState:
+        """A cold state; with ``n_assets`` a batched state (leading axis n_assets)."""
+        key = jax.random.PRNGKey(self.config.seed) if key is None else key
+        if n_assets is None:
+            return self._init(key)
+        if n_assets < 1:
+            raise ValueError(f"n_assets must be >= 1, got {n_assets}")
+        return self._init_batch(jax.random.split(key, n_assets))
+
+    # -- ticks -----------------------------------------------------------------------------
+    def _now(self, timestamp_ns: int) -> int:
+        self.clock.observe(timestamp_ns)
+        return self.clock.now_ns()
+
+    def step_raw(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, np.ndarray, int]:
+        """Like :meth:`step` but returns the raw output vector (fast path for hosts)."""
+        value = to_magnitude(obs.magnitude)
+        timestamp_ns = obs.timestamp_ns
+        now = self._now(timestamp_ns)
+        new_state, output = self._step(state, value, timestamp_ns, now)
+        return new_state, np.asarray(output), timestamp_ns
+
+    def step(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, PredictionResult]:
+        """One tick for one asset. Bad values never raise: they come back as events."""
+        new_state, output, timestamp_ns = self.step_raw(state, obs)
+        return new_state, result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+
+    def step_batch(self, states: CoreState, obs_batch: Sequence[ProcessState] | ColumnarBatch
+                   ) -> tuple[CoreState, BatchPrediction]:
+        """One tick for each of N assets (states batched with ``init_state(N)``).
+
+        ``obs_batch`` is a list of ProcessState (one per asset, in state order) or a
+        ColumnarBatch of arrays. One compiled graph per batch size.
+        """
+        if isinstance(obs_batch, ColumnarBatch):
+            values, stamps = obs_batch.values, obs_batch.timestamps_ns
+        else:
+            values = np.array([to_magnitude(o.magnitude) for o in obs_batch], dtype=np.float64)
+            stamps = np.array([o.timestamp_ns for o in obs_batch], dtype=np.int64)
+        expected = jax.tree_util.tree_leaves(states)[0].shape[0]
+        if values.shape != (expected,):
+            from ..domain import DomainError
+
+            raise DomainError(f"batch of {values.shape[0] if values.ndim else 0} observations for "
+                              f"{expected} asset states")
+        now = self._now(int(stamps.max()) if stamps.size else 0)
+        new_states, outputs = self._step_batch(states, values, stamps, now)
+        return new_states, BatchPrediction(np.asarray(outputs), self.kernel_names, stamps)
+
+    # -- history ---------------------------------------------------------------------------
+    def fit_history(self, state: CoreState, history: Any) -> tuple[CoreState, np.ndarray]:
+        """Warm up on past values (untimed), with one ``lax.scan``.
+
+        ``history`` is float64[T] for a single state or float64[N, T] for a batched one.
+        Returns the new state and the output vector of the last tick (or [N, ...]).
+        """
+        values = np.asarray(history, dtype=np.float64)
+        batched = jax.tree_util.tree_leaves(state)[0].ndim > 0 and values.ndim == 2
+        if values.ndim != (2 if batched else 1) or values.shape[-1] == 0:
+            raise ValueError(f"history must be float64[T] (or [N, T] for a batched state), got shape "
+                             f"{values.shape}")
+        new_state, outputs = (self._scan_batch if batched else self._scan)(state, values)
+        return new_state, np.asarray(outputs[..., -1, :])
+
+
+class UniversalPredictor:
+    """Stateful predictor for one stream: spec §4 (TTL and Nyquist checks, last valid result).
+
+    Stale ticks raise a ``StalenessWarning`` and sparse ones a ``FrequencyWarning`` (Python
+    warnings, also logged and recorded as events); rejected ticks return the last valid result
+    with a rejection event in its telemetry.
+    """
+
+    def __init__(self, config: PredictorConfig | None = None, clock: Clock | None = None, *,
+                 kernels=None, plugin_manager=None) -> None:
+        self._functional = FunctionalPredictor(config, clock=clock, kernels=kernels,
+                                               plugin_manager=plugin_manager)
+        self.config = self._functional.config
+        self._state = self._functional.init_state()
+
+    @property
+    def functional(self) -> FunctionalPredictor:
+        return self._functional
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        return self._functional.kernel_names
+
+    @property
+    def state(self) -> CoreState:
+        return self._state
+
+    @state.setter
+    def state(self, value: CoreState) -> None:
+        self._state = value
+
+    def fit_history(self, history: Sequence[float]) -> bool:
+        """Cold-start bootstrapping on at least ``wtmm_buffer_size`` past values.
+
+        Returns True when, at the end, Sinkhorn converged and the CUSUM statistic is below its
+        threshold; False (with a logged warning) otherwise.
+
+        Raises:
+            ValueError: fewer than ``wtmm_buffer_size`` values, or non-finite values.
+        """
+        values = np.asarray(history, dtype=np.float64)
+        if values.ndim != 1:
+            raise ValueError(f"history must be one-dimensional, got shape {values.shape}")
+        if values.size < self.config.wtmm_buffer_size:
+            raise ValueError(f"Insufficient history: {values.size} values. Required: "
+                             f"{self.config.wtmm_buffer_size} (wtmm_buffer_size)")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("history contains NaN or infinite values")
+        self._state, last = self._functional.fit_history(self._state, values)
+        converged = bool(last[Out.SINKHORN_CONVERGED]) or self._functional.kernel_names.__len__() == 1
+        stable = last[Out.CUSUM] < last[Out.THRESHOLD]
+        if not (converged and stable):
+            logger.warning("Cold start finished without stable convergence (sinkhorn error %.3g, "
+                           "CUSUM %.3g vs threshold %.3g)", last[Out.SINKHORN_ERROR], last[Out.CUSUM],
+                           last[Out.THRESHOLD])
+            return False
+        return True
+
+    def step(self, obs: ProcessState) -> PredictionResult:
+        """One prediction cycle with domain, TTL and Nyquist validation."""
+        self._state, output, timestamp_ns = self._functional.step_raw(self._state, obs)
+        bits = int(output[Out.EVENTS])
+        if bits:
+            self._report(bits, output, timestamp_ns)
+        return result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+
+    def _report(self, bits: int, output: np.ndarray, timestamp_ns: int) -> None:
+        if bits & EventCode.rejected():
+            logger.error("DomainError: tick at %d ns rejected (%s); returning the last valid result",
+                         timestamp_ns, EventCode(bits & EventCode.rejected()).name)
+        if bits & EventCode.STALE_DATA:
+            warnings.warn(f"tick at {timestamp_ns} ns is older than staleness_ttl_ns="
+                          f"{self.config.staleness_ttl_ns}: weights frozen (degraded mode)",
+                          StalenessWarning, stacklevel=3)
+        if bits & EventCode.SPARSE_ARRIVAL:
+            warnings.warn(f"arrival gap above besov_nyquist_interval_ns="
+                          f"{self.config.besov_nyquist_interval_ns}: roughness may alias",
+                          FrequencyWarning, stacklevel=3)
+        if bits & EventCode.REGIME_CHANGED:
+            logger.info("regime change at %d ns (CUSUM %.3g)", timestamp_ns, output[Out.THRESHOLD])
+        if bits & EventCode.CRITICAL_SINGULARITY:
+            logger.warning("emergency mode: Hölder exponent %.3f", output[Out.HOLDER])

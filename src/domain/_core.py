@@ -1,0 +1,300 @@
+"""The predictor state pytree and the tick transition ``core_step`` (model.md §2).
+
+``make_core(config, kernels)`` returns ``(init, step)``, pure functions closed over the static
+configuration and kernel set:
+
+* ``init(key) -> CoreState``
+* ``step(state, y, timestamp_ns, now_ns) -> (CoreState, output)`` where ``output`` is one
+  float64 vector (layout ``Out``) so that the host fetches a tick's result in one transfer.
+
+A tick that is rejected (non-finite value, catastrophic outlier, out-of-order timestamp)
+returns the previous state *bit-identically* and the last valid output with the rejection
+bits set. ``timestamp_ns < 0`` marks an untimed tick (history replay): no staleness, Nyquist or
+ordering checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ._config import PredictorConfig
+from ._cusum import CusumState, adaptive_threshold, cusum_init, cusum_step
+from ._events import EventCode
+from ._fusion import fuse
+from ._kernel import KernelSpec, Window
+from ._pytree import pytree
+from ._roughness import breaker_step, structure_function_holder
+from ._stats import VARIANCE_FLOOR, ema_update, ring_push, rolling_kurtosis
+from ._transport import free_energy, jko_step, sinkhorn_log, transport_cost
+
+#: Weight of the slow residual-variance EMA, relative to ``volatility_alpha``.
+SLOW_VOLATILITY_RATIO = 0.1
+#: Sinkhorn is flagged ill-conditioned below this ε (model.md §5).
+EPSILON_WARNING = 1e-4
+
+
+class Out:
+    """Indices of the output vector; the last 2n entries are weights and kernel means."""
+
+    PREDICTION, LOWER, UPPER, MODE, EVENTS = 0, 1, 2, 3, 4
+    HOLDER, KURTOSIS, CUSUM, THRESHOLD, DISTANCE = 5, 6, 7, 8, 9
+    FREE_ENERGY, SINKHORN_ERROR, SINKHORN_CONVERGED, EPSILON, SIGMA = 10, 11, 12, 13, 14
+    DEGRADED, EMERGENCY, REGIME_CHANGE, FROZEN, CALIBRATING = 15, 16, 17, 18, 19
+    SIZE = 20
+
+    @staticmethod
+    def length(n_kernels: int) -> int:
+        return Out.SIZE + 2 * n_kernels
+
+
+@pytree
+class CoreState:
+    """Everything one asset's predictor remembers. All leaves are arrays (vmap adds a batch axis).
+
+    Units: signal units unless stated; variances in squared signal units.
+    """
+
+    window: jnp.ndarray            # float64[window_size], oldest first
+    count: jnp.ndarray             # int32, accepted ticks (saturates at 2^30)
+    last_timestamp_ns: jnp.ndarray  # int64, 0 before the first timed tick
+    prediction: jnp.ndarray        # float64, fused ŷ_{t+1|t}
+    kernel_means: jnp.ndarray      # float64[n], ŷ_{i,t+1|t}
+    kernel_scales: jnp.ndarray     # float64[n]
+    resid_var: jnp.ndarray         # float64, EMA σ² of fused residuals
+    slow_var: jnp.ndarray          # float64, slow EMA σ̄² (volatility ratio σ/σ̄)
+    n_resid: jnp.ndarray           # int32, residuals seen
+    resid_ring: jnp.ndarray        # float64[kurtosis_window], residual ring buffer
+    ring_pos: jnp.ndarray          # int32
+    cusum: CusumState
+    energies: jnp.ndarray          # float64[n], standardised
+    log_weights: jnp.ndarray       # float64[n], normalised log ρ
+    dual_f: jnp.ndarray            # float64[n], Sinkhorn warm start
+    dual_g: jnp.ndarray            # float64[n]
+    holder: jnp.ndarray            # float64, smoothed Hölder exponent
+    emergency: jnp.ndarray         # bool
+    stale_degraded: jnp.ndarray    # bool, degraded by staleness
+    fresh_streak: jnp.ndarray      # int32, consecutive fresh ticks while degraded
+    repeat_run: jnp.ndarray        # int32, length of the current run of identical values
+    frozen: jnp.ndarray            # bool, frozen-signal alarm
+    lively_streak: jnp.ndarray     # int32
+    incr_var: jnp.ndarray          # float64, historical mean squared increment
+    interval_log_scale: jnp.ndarray  # float64, log of the interval width multiplier
+    key: jnp.ndarray               # uint32[2], PRNG key (threefry)
+    kernels: tuple                 # per-kernel state pytrees, in enabled order
+    last_output: jnp.ndarray       # float64[Out.length(n)], last valid result
+
+
+def _standardised_loss(errors, sigma, huber, delta):
+    return transport_cost(errors / sigma, huber, delta)
+
+
+def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
+    """Build the pure ``(init, step)`` pair for a static config and kernel set."""
+    kernels = tuple(kernels)
+    n = len(kernels)
+    names = tuple(k.name for k in kernels)
+    d_index = names.index("D") if "D" in names else -1
+    size = config.window_size
+    buffer = config.wtmm_buffer_size
+    alpha = config.volatility_alpha
+    huber_config = config.sinkhorn_cost_type == "huber"
+
+    def init(key: jax.Array) -> CoreState:
+        keys = jax.random.split(key, n + 1)
+        kernel_states = tuple(spec.init(config, keys[i + 1]) for i, spec in enumerate(kernels))
+        last = jnp.zeros(Out.length(n)).at[Out.CALIBRATING].set(1.0).at[Out.MODE].set(1.0)
+        uniform = jnp.full(n, -jnp.log(float(n)))
+        return CoreState(
+            window=jnp.zeros(size), count=jnp.int32(0), last_timestamp_ns=jnp.int64(0),
+            prediction=jnp.float64(0.0), kernel_means=jnp.zeros(n), kernel_scales=jnp.ones(n),
+            resid_var=jnp.float64(0.0), slow_var=jnp.float64(0.0), n_resid=jnp.int32(0),
+            resid_ring=jnp.zeros(config.kurtosis_window), ring_pos=jnp.int32(0), cusum=cusum_init(),
+            energies=jnp.zeros(n), log_weights=uniform, dual_f=jnp.zeros(n), dual_g=jnp.zeros(n),
+            holder=jnp.float64(0.5), emergency=jnp.bool_(False), stale_degraded=jnp.bool_(False),
+            fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
+            lively_streak=jnp.int32(0), incr_var=jnp.float64(0.0),
+            interval_log_scale=jnp.float64(0.0), key=keys[0], kernels=kernel_states,
+            last_output=last.at[Out.EPSILON].set(config.epsilon))
+
+    def step(state: CoreState, y: jax.Array, timestamp_ns: jax.Array, now_ns: jax.Array):
+        y = jnp.asarray(y, jnp.float64)
+        timestamp_ns = jnp.asarray(timestamp_ns, jnp.int64)
+        now_ns = jnp.asarray(now_ns, jnp.int64)
+        timed = timestamp_ns >= 0
+        has_prev = state.count > 0
+        sigma_prev = jnp.sqrt(jnp.maximum(state.resid_var, VARIANCE_FLOOR))
+
+        # 1. host checks (as data) ------------------------------------------------------------
+        finite = jnp.isfinite(y)
+        y_safe = jnp.where(finite, y, state.window[-1])
+        residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
+        warm = state.n_resid >= buffer
+        outlier = finite & warm & (jnp.abs(residual) > config.sigma_bound * sigma_prev)
+        out_of_order = timed & (state.last_timestamp_ns > 0) & (timestamp_ns < state.last_timestamp_ns)
+        rejected = ~finite | outlier | out_of_order
+        latency = now_ns - timestamp_ns
+        stale = timed & (latency > config.staleness_ttl_ns)
+        fresh = ~timed | (latency < config.inference_recovery_hysteresis * config.staleness_ttl_ns)
+        sparse = timed & (state.last_timestamp_ns > 0) & (
+            timestamp_ns - state.last_timestamp_ns > config.besov_nyquist_interval_ns)
+
+        # window and counters -----------------------------------------------------------------
+        first = ~has_prev
+        window = jnp.where(first, jnp.full(size, y_safe), jnp.roll(state.window, -1).at[-1].set(y_safe))
+        count = jnp.minimum(state.count + 1, 2**30)
+        filled = jnp.minimum(count, size)
+        increment = jnp.where(has_prev, y_safe - state.window[-1], 0.0)
+
+        # frozen signal ---------------------------------------------------------------------------
+        same = has_prev & (increment == 0.0)
+        repeat_run = jnp.where(same, state.repeat_run + 1, 1)
+        n_freeze = config.frozen_signal_steps
+        recent = window[-n_freeze:] - window[-n_freeze - 1:-1]
+        local_var = jnp.mean((recent - recent.mean()) ** 2)
+        lively = local_var > config.frozen_signal_variance_ratio * state.incr_var
+        lively_streak = jnp.where(state.frozen & lively, state.lively_streak + 1, 0)
+        released = state.frozen & (lively_streak >= config.frozen_signal_release_steps)
+        raised = ~state.frozen & (repeat_run >= n_freeze)
+        frozen = (state.frozen & ~released) | raised
+        incr_var = jnp.where(has_prev & ~frozen,
+                             ema_update(state.incr_var, increment**2, 1.0 / size, count - 1),
+                             state.incr_var)
+
+        # degraded mode (staleness) ---------------------------------------------------------------
+        fresh_streak = jnp.where(state.stale_degraded & fresh & ~stale, state.fresh_streak + 1, 0)
+        recovered = state.stale_degraded & (fresh_streak >= config.degraded_recovery_min_steps)
+        stale_degraded = stale | (state.stale_degraded & ~recovered)
+        degraded = stale_degraded | frozen
+        was_degraded = state.stale_degraded | state.frozen
+
+        # 2-3. residuals, volatility, kurtosis ------------------------------------------------
+        n_resid = jnp.where(has_prev, state.n_resid + 1, state.n_resid)
+        resid_var = jnp.where(has_prev, ema_update(state.resid_var, residual**2, alpha, n_resid),
+                              state.resid_var)
+        slow_var = jnp.where(has_prev, ema_update(state.slow_var, residual**2,
+                                                  alpha * SLOW_VOLATILITY_RATIO, n_resid), state.slow_var)
+        resid_ring, ring_pos = ring_push(state.resid_ring, state.ring_pos, residual)
+        resid_ring = jnp.where(has_prev, resid_ring, state.resid_ring)
+        ring_pos = jnp.where(has_prev, ring_pos, state.ring_pos)
+        kurtosis = rolling_kurtosis(resid_ring, jnp.minimum(n_resid, config.kurtosis_window))
+        vol_ratio = jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR) / jnp.maximum(slow_var, VARIANCE_FLOOR))
+        vol_ratio = jnp.where(n_resid > 1, vol_ratio, 1.0)
+
+        # 4. CUSUM ------------------------------------------------------------------------------
+        threshold = adaptive_threshold(config.cusum_h, sigma_prev, kurtosis)
+        calibrating = count < buffer
+        cusum, alarm = cusum_step(state.cusum, residual, sigma_prev, threshold, config.cusum_k,
+                                  config.grace_period_steps, armed=warm & has_prev)
+
+        # 5. roughness and circuit breaker -------------------------------------------------------
+        holder_raw = structure_function_holder(window[-buffer:])
+        holder = jnp.where(calibrating, state.holder,
+                           jnp.where(count == buffer, holder_raw,
+                                     state.holder + config.holder_smoothing * (holder_raw - state.holder)))
+        emergency = jnp.where(calibrating, False,
+                              breaker_step(state.emergency, holder, config.holder_threshold,
+                                           config.robustness_dimension_threshold,
+                                           config.robustness_hysteresis_margin))
+        huber = jnp.bool_(huber_config) | emergency
+
+        # 6. transport (JKO step on the weights) ------------------------------------------------
+        losses = _standardised_loss(y_safe - state.kernel_means, sigma_prev, huber,
+                                    config.sinkhorn_huber_delta)
+        entropy_window = jnp.clip(config.entropy_window_relaxation_factor * config.jko_domain_length**2
+                                  / vol_ratio**2, config.entropy_window_bounds_min,
+                                  config.entropy_window_bounds_max)
+        energy_alpha = 2.0 / (entropy_window + 1.0)
+        energies = jnp.where(has_prev & (state.n_resid > 0),
+                             state.energies + energy_alpha * (losses - state.energies),
+                             jnp.where(has_prev, losses, state.energies))
+        epsilon = jnp.maximum(config.epsilon_min, config.epsilon * (1.0 + config.epsilon_volatility_coupling
+                                                                    * vol_ratio))
+        tau = jnp.maximum(config.learning_rate_minimum,
+                          jnp.minimum(config.learning_rate,
+                                      config.learning_rate_safety_factor * 2.0 * epsilon * vol_ratio**2))
+        cost = _standardised_loss(state.kernel_means[:, None] - state.kernel_means[None, :], sigma_prev,
+                                  huber, config.sinkhorn_huber_delta)
+        sink = sinkhorn_log(state.log_weights, state.log_weights, cost, epsilon, state.dual_f,
+                            state.dual_g, config.sinkhorn_max_iter, config.sinkhorn_tolerance)
+        moved = jko_step(state.log_weights, energies, sink.f, epsilon, tau, config.jko_mirror_step)
+        forced = emergency & config.robustness_force_kernel_d & (d_index >= 0)
+        one_hot = jnp.where(jnp.arange(n) == d_index, 0.0, -jnp.inf) if d_index >= 0 else moved
+        freeze_weights = degraded | stale | sparse | ~has_prev
+        log_weights = jnp.where(freeze_weights, state.log_weights, moved)
+        log_weights = jnp.where(forced, one_hot, log_weights)
+        uniform = jnp.full(n, -jnp.log(float(n)))
+        log_weights = jnp.where(alarm, uniform, log_weights)
+        energies = jnp.where(alarm, jnp.full(n, energies.mean()), energies)
+        weights = jnp.exp(log_weights)
+
+        # 7. kernels learn and predict ----------------------------------------------------------
+        view = Window(values=window, count=filled.astype(jnp.int32), signal_frozen=frozen,
+                      emergency=emergency)
+        kernel_states, means, scales = [], [], []
+        for spec, kstate in zip(kernels, state.kernels, strict=True):
+            kstate = spec.update(kstate, view, config)
+            forecast = spec.predict(kstate, view, config)
+            kernel_states.append(kstate)
+            means.append(forecast.mean)
+            scales.append(forecast.scale)
+        means = jnp.stack(means)
+        scales = jnp.maximum(jnp.stack(scales), jnp.sqrt(VARIANCE_FLOOR))
+        finite_kernels = jnp.isfinite(means) & jnp.isfinite(scales)
+        means = jnp.where(finite_kernels, means, y_safe)
+        scales = jnp.where(finite_kernels, scales, jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR)))
+
+        # 8. fuse, calibrate the interval -------------------------------------------------------
+        level = config.confidence_level
+        missed = has_prev & ((y_safe < state.last_output[Out.LOWER]) | (y_safe > state.last_output[Out.UPPER]))
+        adapt = config.interval_adaptation_rate * (missed.astype(jnp.float64) - (1.0 - level)) / (1.0 - level)
+        interval_log_scale = jnp.where(warm, jnp.clip(state.interval_log_scale + adapt, -3.0, 3.0),
+                                       state.interval_log_scale)
+        prediction, lower, upper = fuse(weights, means, scales, level, jnp.exp(interval_log_scale))
+
+        # 9. flags, events, telemetry -------------------------------------------------------------
+        mode = jnp.where(calibrating, 1, jnp.where(degraded | emergency, 2, 0))
+        bits = (jnp.where(stale, int(EventCode.STALE_DATA), 0)
+                | jnp.where(sparse, int(EventCode.SPARSE_ARRIVAL), 0)
+                | jnp.where(raised, int(EventCode.FROZEN_SIGNAL), 0)
+                | jnp.where(released, int(EventCode.FROZEN_SIGNAL_RELEASED), 0)
+                | jnp.where(alarm, int(EventCode.REGIME_CHANGED), 0)
+                | jnp.where(emergency & ~state.emergency, int(EventCode.CRITICAL_SINGULARITY), 0)
+                | jnp.where(~emergency & state.emergency, int(EventCode.SINGULARITY_CLEARED), 0)
+                | jnp.where(was_degraded & ~degraded, int(EventCode.NORMAL_OPERATION_RESTORED), 0)
+                | jnp.where(has_prev & ~freeze_weights & ~sink.converged,
+                            int(EventCode.SINKHORN_NOT_CONVERGED), 0)
+                | jnp.where(epsilon < EPSILON_WARNING, int(EventCode.LOW_EPSILON), 0))
+        statistic = jnp.maximum(cusum.upper, cusum.lower)
+        head = jnp.stack([
+            prediction, lower, upper, mode.astype(jnp.float64), bits.astype(jnp.float64),
+            holder, kurtosis, statistic, threshold, threshold - statistic,
+            free_energy(weights, energies, epsilon), sink.error, sink.converged.astype(jnp.float64),
+            epsilon, jnp.sqrt(jnp.maximum(resid_var, 0.0)), degraded.astype(jnp.float64),
+            emergency.astype(jnp.float64), alarm.astype(jnp.float64), frozen.astype(jnp.float64),
+            calibrating.astype(jnp.float64)])
+        output = jnp.concatenate([head, weights, means])
+
+        new_state = CoreState(
+            window=window, count=count,
+            last_timestamp_ns=jnp.where(timed, timestamp_ns, state.last_timestamp_ns),
+            prediction=prediction, kernel_means=means, kernel_scales=scales, resid_var=resid_var,
+            slow_var=slow_var, n_resid=n_resid, resid_ring=resid_ring, ring_pos=ring_pos, cusum=cusum,
+            energies=energies, log_weights=log_weights,
+            dual_f=jnp.where(freeze_weights, state.dual_f, sink.f),
+            dual_g=jnp.where(freeze_weights, state.dual_g, sink.g),
+            holder=holder, emergency=emergency, stale_degraded=stale_degraded, fresh_streak=fresh_streak,
+            repeat_run=repeat_run, frozen=frozen, lively_streak=lively_streak, incr_var=incr_var,
+            interval_log_scale=interval_log_scale, key=state.key, kernels=tuple(kernel_states),
+            last_output=output)
+
+        reject_bits = (jnp.where(~finite, int(EventCode.REJECTED_NON_FINITE), 0)
+                       | jnp.where(outlier, int(EventCode.REJECTED_OUTLIER), 0)
+                       | jnp.where(out_of_order, int(EventCode.REJECTED_OUT_OF_ORDER), 0))
+        rejected_output = state.last_output.at[Out.EVENTS].set(reject_bits.astype(jnp.float64))
+        final_state = jax.tree_util.tree_map(lambda old, new: jnp.where(rejected, old, new), state, new_state)
+        return final_state, jnp.where(rejected, rejected_output, output)
+
+    return init, step

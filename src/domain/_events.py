@@ -1,0 +1,30 @@
+"""Event codes: bits the jitted core sets in the tick's status word (diffrax-style RESULTS).
+
+The host layer turns each set bit into an event record (``usp.application.events``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class EventCode(enum.IntFlag):
+    """One bit per event a tick can raise."""
+
+    REJECTED_NON_FINITE = 1 << 0       #: value NaN/±inf: tick rejected, state untouched
+    REJECTED_OUTLIER = 1 << 1          #: |y − ŷ| > sigma_bound·σ: tick rejected (DomainError)
+    REJECTED_OUT_OF_ORDER = 1 << 2     #: timestamp earlier than the previous tick's: rejected
+    STALE_DATA = 1 << 3                #: now − timestamp > TTL: weights frozen, degraded mode
+    SPARSE_ARRIVAL = 1 << 4            #: gap > Nyquist interval: FrequencyWarning, weights frozen
+    FROZEN_SIGNAL = 1 << 5             #: N_freeze identical values: frozen-signal alarm raised
+    FROZEN_SIGNAL_RELEASED = 1 << 6    #: the signal is lively again
+    REGIME_CHANGED = 1 << 7            #: CUSUM alarm: weights and energies reset to uniform
+    CRITICAL_SINGULARITY = 1 << 8      #: circuit breaker entered emergency mode
+    SINGULARITY_CLEARED = 1 << 9       #: circuit breaker left emergency mode
+    NORMAL_OPERATION_RESTORED = 1 << 10  #: degraded mode ended
+    SINKHORN_NOT_CONVERGED = 1 << 11   #: marginal error above tolerance after the iteration bound
+    LOW_EPSILON = 1 << 12              #: ε_t < 1e-4: Sinkhorn is ill-conditioned
+
+    @classmethod
+    def rejected(cls) -> EventCode:
+        return cls.REJECTED_NON_FINITE | cls.REJECTED_OUTLIER | cls.REJECTED_OUT_OF_ORDER

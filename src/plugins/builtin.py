@@ -1,0 +1,12 @@
+"""The built-in kernels, registered through the same hook path as third-party plugins."""
+
+from __future__ import annotations
+
+from ..domain import KernelSpec
+from .hookspecs import hookimpl
+from .kernel_a import KERNEL_A
+
+
+@hookimpl
+def usp_register_kernels() -> list[KernelSpec]:
+    return [KERNEL_A]
