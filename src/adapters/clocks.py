@@ -23,14 +23,15 @@ class ReplayClock:
     """
 
     def __init__(self, delay_ns: int = 0) -> None:
-        self._now = 0
+        self._now: int | None = None
         self.delay_ns = int(delay_ns)
 
     def now_ns(self) -> int:
-        return self._now + self.delay_ns
+        return (0 if self._now is None else self._now) + self.delay_ns
 
     def observe(self, timestamp_ns: int) -> None:
-        self._now = max(self._now, int(timestamp_ns))
+        stamp = int(timestamp_ns)
+        self._now = stamp if self._now is None else max(self._now, stamp)
 
 
 class ManualClock:

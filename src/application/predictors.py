@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..domain import FrequencyWarning, PredictorConfig, StalenessWarning
-from ..domain._core import CoreState, Out, make_core
+from ..domain._core import UNTIMED, CoreState, Out, make_core
 from ..domain._events import EventCode
 from ..ports import Clock
 from .types import (
@@ -30,7 +30,6 @@ from .types import (
 )
 
 logger = logging.getLogger("usp.predictor")
-UNTIMED = -1  # timestamp of history ticks: no staleness / Nyquist / ordering checks
 
 
 def _default_clock() -> Clock:
@@ -267,11 +266,16 @@ class UniversalPredictor:
 
     def step(self, obs: ProcessState) -> PredictionResult:
         """One prediction cycle with domain, TTL and Nyquist validation."""
+        output, timestamp_ns = self.step_raw(obs)
+        return result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+
+    def step_raw(self, obs: ProcessState) -> tuple[np.ndarray, int]:
+        """Like :meth:`step`, returning the core's output vector (layout ``Out``) and timestamp."""
         self._state, output, timestamp_ns = self._functional.step_raw(self._state, obs)
         bits = int(output[Out.EVENTS])
         if bits:
             self._report(bits, output, timestamp_ns)
-        return result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+        return output, timestamp_ns
 
     def _report(self, bits: int, output: np.ndarray, timestamp_ns: int) -> None:
         if bits & EventCode.rejected():

@@ -55,20 +55,30 @@ _MISSING = object()
 
 
 # -- arrays ---------------------------------------------------------------------------------------
+def _storable(dtype: np.dtype) -> np.dtype | None:
+    """The native dtype an array of ``dtype`` is stored as, or None when it cannot be stored."""
+    if dtype in _CODE_OF:  # native byte order: the common case, no name lookup
+        return dtype
+    native = np.dtype(dtype.name) if dtype.kind in "biuf" else None
+    return native if native in _CODE_OF else None
+
+
 def _as_array(value: Any, where: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray | np.generic | jax.Array):
-        raise TypeError(f"{where}: expected an array, got {type(value).__name__}")
-    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
-        raise TypeError(f"{where}: typed PRNG key arrays must go through pytree_to_blocks first")
-    array = np.asarray(value)
-    if np.dtype(array.dtype.name) not in _CODE_OF:
+    if type(value) is not np.ndarray:
+        if not isinstance(value, np.generic | jax.Array):
+            raise TypeError(f"{where}: expected an array, got {type(value).__name__}")
+        if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+            raise TypeError(f"{where}: typed PRNG key arrays must go through pytree_to_blocks first")
+        value = np.asarray(value)
+    array = value
+    if _storable(array.dtype) is None:
         raise TypeError(f"{where}: dtype {array.dtype} is not storable "
                         f"(allowed: {', '.join(d.name for d in _DTYPES)})")
     return array
 
 
 def _pack_array(array: np.ndarray) -> msgpack.ExtType:
-    dtype = np.dtype(array.dtype.name)
+    dtype = _storable(array.dtype)
     header = struct.pack(f"<BB{array.ndim}Q", _CODE_OF[dtype], array.ndim, *array.shape)
     raw = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
     return msgpack.ExtType(_ARRAY_EXT, header + raw)

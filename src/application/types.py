@@ -29,8 +29,8 @@ def to_timestamp_ns(timestamp: _dt.datetime | int | np.integer) -> int:
         delta = timestamp - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
     if isinstance(timestamp, (int, np.integer)) and not isinstance(timestamp, bool):
-        if timestamp < 0:
-            raise TimestampError(f"timestamp {timestamp} ns is before 1970")
+        if not -(2**63) < timestamp < 2**63:
+            raise TimestampError(f"timestamp {timestamp} ns does not fit in int64")
         return int(timestamp)
     raise TimestampError(f"timestamp must be a timezone-aware datetime or integer nanoseconds, got "
                          f"{type(timestamp).__name__}")

@@ -9,8 +9,8 @@ configuration and kernel set:
 
 A tick that is rejected (non-finite value, catastrophic outlier, out-of-order timestamp)
 returns the previous state *bit-identically* and the last valid output with the rejection
-bits set. ``timestamp_ns < 0`` marks an untimed tick (history replay): no staleness, Nyquist or
-ordering checks.
+bits set. ``timestamp_ns == UNTIMED`` (the smallest int64) marks an untimed tick (history
+replay): no staleness, Nyquist or ordering checks.
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ import jax
 import jax.numpy as jnp
 
 from ._config import PredictorConfig
-from ._cusum import CusumState, adaptive_threshold, cusum_init, cusum_step
+from ._cusum import MonitorState, monitor_init, monitor_step
 from ._events import EventCode
 from ._fusion import fuse
 from ._kernel import KernelSpec, Window
 from ._pytree import pytree
 from ._roughness import breaker_step, structure_function_holder
-from ._stats import VARIANCE_FLOOR, ema_update, ring_push, rolling_kurtosis
+from ._stats import VARIANCE_FLOOR, ema_update
 from ._transport import free_energy, jko_step, sinkhorn_log, transport_cost
 
-#: Weight of the slow residual-variance EMA, relative to ``volatility_alpha``.
-SLOW_VOLATILITY_RATIO = 0.1
 #: Sinkhorn is flagged ill-conditioned below this ε (model.md §5).
 EPSILON_WARNING = 1e-4
+#: Timestamp of an untimed tick, and of "no timestamp seen yet".
+UNTIMED = -(2**63)
 
 
 class Out:
@@ -59,16 +59,11 @@ class CoreState:
 
     window: jnp.ndarray            # float64[window_size], oldest first
     count: jnp.ndarray             # int32, accepted ticks (saturates at 2^30)
-    last_timestamp_ns: jnp.ndarray  # int64, 0 before the first timed tick
+    last_timestamp_ns: jnp.ndarray  # int64, UNTIMED before the first timed tick
     prediction: jnp.ndarray        # float64, fused ŷ_{t+1|t}
     kernel_means: jnp.ndarray      # float64[n], ŷ_{i,t+1|t}
     kernel_scales: jnp.ndarray     # float64[n]
-    resid_var: jnp.ndarray         # float64, EMA σ² of fused residuals
-    slow_var: jnp.ndarray          # float64, slow EMA σ̄² (volatility ratio σ/σ̄)
-    n_resid: jnp.ndarray           # int32, residuals seen
-    resid_ring: jnp.ndarray        # float64[kurtosis_window], residual ring buffer
-    ring_pos: jnp.ndarray          # int32
-    cusum: CusumState
+    monitor: MonitorState          # residual σ², σ̄², kurtosis window, CUSUM
     energies: jnp.ndarray          # float64[n], standardised
     log_weights: jnp.ndarray       # float64[n], normalised log ρ
     dual_f: jnp.ndarray            # float64[n], Sinkhorn warm start
@@ -106,12 +101,11 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         keys = jax.random.split(key, n + 1)
         kernel_states = tuple(spec.init(config, keys[i + 1]) for i, spec in enumerate(kernels))
         last = jnp.zeros(Out.length(n)).at[Out.CALIBRATING].set(1.0).at[Out.MODE].set(1.0)
-        uniform = jnp.full(n, -jnp.log(float(n)))
+        uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         return CoreState(
-            window=jnp.zeros(size), count=jnp.int32(0), last_timestamp_ns=jnp.int64(0),
+            window=jnp.zeros(size), count=jnp.int32(0), last_timestamp_ns=jnp.int64(UNTIMED),
             prediction=jnp.float64(0.0), kernel_means=jnp.zeros(n), kernel_scales=jnp.ones(n),
-            resid_var=jnp.float64(0.0), slow_var=jnp.float64(0.0), n_resid=jnp.int32(0),
-            resid_ring=jnp.zeros(config.kurtosis_window), ring_pos=jnp.int32(0), cusum=cusum_init(),
+            monitor=monitor_init(config.kurtosis_window),
             energies=jnp.zeros(n), log_weights=uniform, dual_f=jnp.zeros(n), dual_g=jnp.zeros(n),
             holder=jnp.float64(0.5), emergency=jnp.bool_(False), stale_degraded=jnp.bool_(False),
             fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
@@ -123,22 +117,23 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         y = jnp.asarray(y, jnp.float64)
         timestamp_ns = jnp.asarray(timestamp_ns, jnp.int64)
         now_ns = jnp.asarray(now_ns, jnp.int64)
-        timed = timestamp_ns >= 0
+        timed = timestamp_ns != UNTIMED
+        seen_time = state.last_timestamp_ns != UNTIMED
         has_prev = state.count > 0
-        sigma_prev = jnp.sqrt(jnp.maximum(state.resid_var, VARIANCE_FLOOR))
+        sigma_prev = jnp.sqrt(jnp.maximum(state.monitor.resid_var, VARIANCE_FLOOR))
 
         # 1. host checks (as data) ------------------------------------------------------------
         finite = jnp.isfinite(y)
         y_safe = jnp.where(finite, y, state.window[-1])
         residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
-        warm = state.n_resid >= buffer
+        warm = state.monitor.n_resid >= buffer
         outlier = finite & warm & (jnp.abs(residual) > config.sigma_bound * sigma_prev)
-        out_of_order = timed & (state.last_timestamp_ns > 0) & (timestamp_ns < state.last_timestamp_ns)
+        out_of_order = timed & seen_time & (timestamp_ns < state.last_timestamp_ns)
         rejected = ~finite | outlier | out_of_order
         latency = now_ns - timestamp_ns
         stale = timed & (latency > config.staleness_ttl_ns)
         fresh = ~timed | (latency < config.inference_recovery_hysteresis * config.staleness_ttl_ns)
-        sparse = timed & (state.last_timestamp_ns > 0) & (
+        sparse = timed & seen_time & (
             timestamp_ns - state.last_timestamp_ns > config.besov_nyquist_interval_ns)
 
         # window and counters -----------------------------------------------------------------
@@ -170,24 +165,15 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         degraded = stale_degraded | frozen
         was_degraded = state.stale_degraded | state.frozen
 
-        # 2-3. residuals, volatility, kurtosis ------------------------------------------------
-        n_resid = jnp.where(has_prev, state.n_resid + 1, state.n_resid)
-        resid_var = jnp.where(has_prev, ema_update(state.resid_var, residual**2, alpha, n_resid),
-                              state.resid_var)
-        slow_var = jnp.where(has_prev, ema_update(state.slow_var, residual**2,
-                                                  alpha * SLOW_VOLATILITY_RATIO, n_resid), state.slow_var)
-        resid_ring, ring_pos = ring_push(state.resid_ring, state.ring_pos, residual)
-        resid_ring = jnp.where(has_prev, resid_ring, state.resid_ring)
-        ring_pos = jnp.where(has_prev, ring_pos, state.ring_pos)
-        kurtosis = rolling_kurtosis(resid_ring, jnp.minimum(n_resid, config.kurtosis_window))
-        vol_ratio = jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR) / jnp.maximum(slow_var, VARIANCE_FLOOR))
-        vol_ratio = jnp.where(n_resid > 1, vol_ratio, 1.0)
-
-        # 4. CUSUM ------------------------------------------------------------------------------
-        threshold = adaptive_threshold(config.cusum_h, sigma_prev, kurtosis)
+        # 2-4. residuals, volatility, kurtosis, CUSUM ------------------------------------------
+        fed, reading = monitor_step(state.monitor, residual, alpha=alpha, h=config.cusum_h,
+                                    k=config.cusum_k, grace_period=config.grace_period_steps,
+                                    warmup=buffer)
+        monitor = jax.tree_util.tree_map(lambda new, old: jnp.where(has_prev, new, old), fed, state.monitor)
+        alarm = has_prev & reading.alarm
+        vol_ratio = reading.vol_ratio
+        resid_var = monitor.resid_var
         calibrating = count < buffer
-        cusum, alarm = cusum_step(state.cusum, residual, sigma_prev, threshold, config.cusum_k,
-                                  config.grace_period_steps, armed=warm & has_prev)
 
         # 5. roughness and circuit breaker -------------------------------------------------------
         holder_raw = structure_function_holder(window[-buffer:])
@@ -207,7 +193,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
                                   / vol_ratio**2, config.entropy_window_bounds_min,
                                   config.entropy_window_bounds_max)
         energy_alpha = 2.0 / (entropy_window + 1.0)
-        energies = jnp.where(has_prev & (state.n_resid > 0),
+        energies = jnp.where(has_prev & (state.monitor.n_resid > 0),
                              state.energies + energy_alpha * (losses - state.energies),
                              jnp.where(has_prev, losses, state.energies))
         epsilon = jnp.maximum(config.epsilon_min, config.epsilon * (1.0 + config.epsilon_volatility_coupling
@@ -225,7 +211,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         freeze_weights = degraded | stale | sparse | ~has_prev
         log_weights = jnp.where(freeze_weights, state.log_weights, moved)
         log_weights = jnp.where(forced, one_hot, log_weights)
-        uniform = jnp.full(n, -jnp.log(float(n)))
+        uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         log_weights = jnp.where(alarm, uniform, log_weights)
         energies = jnp.where(alarm, jnp.full(n, energies.mean()), energies)
         weights = jnp.exp(log_weights)
@@ -267,7 +253,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
                 | jnp.where(has_prev & ~freeze_weights & ~sink.converged,
                             int(EventCode.SINKHORN_NOT_CONVERGED), 0)
                 | jnp.where(epsilon < EPSILON_WARNING, int(EventCode.LOW_EPSILON), 0))
-        statistic = jnp.maximum(cusum.upper, cusum.lower)
+        statistic = jnp.maximum(monitor.cusum.upper, monitor.cusum.lower)
+        threshold, kurtosis = reading.threshold, reading.kurtosis
         head = jnp.stack([
             prediction, lower, upper, mode.astype(jnp.float64), bits.astype(jnp.float64),
             holder, kurtosis, statistic, threshold, threshold - statistic,
@@ -280,8 +267,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         new_state = CoreState(
             window=window, count=count,
             last_timestamp_ns=jnp.where(timed, timestamp_ns, state.last_timestamp_ns),
-            prediction=prediction, kernel_means=means, kernel_scales=scales, resid_var=resid_var,
-            slow_var=slow_var, n_resid=n_resid, resid_ring=resid_ring, ring_pos=ring_pos, cusum=cusum,
+            prediction=prediction, kernel_means=means, kernel_scales=scales, monitor=monitor,
             energies=energies, log_weights=log_weights,
             dual_f=jnp.where(freeze_weights, state.dual_f, sink.f),
             dual_g=jnp.where(freeze_weights, state.dual_g, sink.g),

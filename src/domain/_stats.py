@@ -1,4 +1,4 @@
-"""Residual statistics: bias-corrected EMA variance and rolling kurtosis on a ring buffer.
+"""Residual statistics: bias-corrected EMA and rolling kurtosis over a shift-register window.
 
 Pure functions of arrays; shapes are static so everything jits and vmaps.
 """
@@ -27,22 +27,16 @@ def ema_update(mean: jnp.ndarray, sample: jnp.ndarray, alpha: float, n_seen: jnp
     return mean + weight * (sample - mean)
 
 
-def ring_push(ring: jnp.ndarray, position: jnp.ndarray, value: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Write ``value`` at ``position`` of a ring buffer; returns (ring, next position)."""
-    size = ring.shape[-1]
-    return ring.at[position].set(value), (position + 1) % size
-
-
-def rolling_kurtosis(ring: jnp.ndarray, filled: jnp.ndarray) -> jnp.ndarray:
-    """Sample kurtosis m4/m2² of the first ``filled`` ring entries, clamped to KURTOSIS_RANGE.
+def rolling_kurtosis(window: jnp.ndarray, filled: jnp.ndarray) -> jnp.ndarray:
+    """Sample kurtosis m4/m2² of the last ``filled`` entries of ``window``, clamped to KURTOSIS_RANGE.
 
     Returns 3 (the Gaussian value) while fewer than 4 samples are available.
     """
-    size = ring.shape[-1]
-    mask = (jnp.arange(size) < filled).astype(ring.dtype)
+    size = window.shape[-1]
+    mask = (jnp.arange(size) >= size - filled).astype(window.dtype)
     n = jnp.maximum(mask.sum(), 1.0)
-    mean = (ring * mask).sum() / n
-    centred = (ring - mean) * mask
+    mean = (window * mask).sum() / n
+    centred = (window - mean) * mask
     m2 = (centred**2).sum() / n
     m4 = (centred**4).sum() / n
     kurt = m4 / jnp.maximum(m2 * m2, VARIANCE_FLOOR)

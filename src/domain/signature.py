@@ -53,9 +53,9 @@ def logsignature_dim(d: int, depth: int, basis: str = "lyndon") -> int:
 
 
 def _check(d: int, depth: int) -> None:
-    if not (isinstance(depth, int) and depth >= 1):
+    if not (isinstance(depth, (int, np.integer)) and depth >= 1):
         raise ValueError(f"depth must be a positive int, got {depth!r}")
-    if not (isinstance(d, int) and d >= 1):
+    if not (isinstance(d, (int, np.integer)) and d >= 1):
         raise ValueError(f"path dimension must be a positive int, got {d!r}")
 
 
@@ -101,7 +101,7 @@ def tensor_exp(x: jax.Array, depth: int) -> jax.Array:
     """``exp(x) − 1`` of a vector ``x`` (shape ``(d,)``), flattened levels 1..depth."""
     x = jnp.asarray(x, dtype=jnp.float64)
     _check(x.shape[-1], depth)
-    zero = tuple(jnp.zeros(x.shape[:-1] + (x.shape[-1] ** k,), x.dtype) for k in range(1, depth + 1))
+    zero = tuple(jnp.zeros((*x.shape[:-1], x.shape[-1] ** k), x.dtype) for k in range(1, depth + 1))
     return _join(_mul_exp(zero, x))
 
 
@@ -118,11 +118,12 @@ def chen(sig_a: jax.Array, sig_b: jax.Array, d: int, depth: int) -> jax.Array:
     return _join(_mul(_split(sig_a, d, depth), _split(sig_b, d, depth)))
 
 
-def signature_levels(path: jax.Array, depth: int) -> Levels:
-    """The truncated signature of a piecewise-linear path as a tuple of flattened levels 1..depth.
+def signature(path: jax.Array, depth: int) -> jax.Array:
+    """Truncated signature of a path of shape ``(length, d)``: float64[signature_dim(d, depth)].
 
-    Args:
-        path: float64[length, d] (points of the path, ``length ≥ 1``).
+    Levels 1..depth flattened level by level in row-major word order (iisignature's layout).
+    A path with a single point has the zero signature (only the implicit level 0). The carry of
+    the scan is the flat vector (one buffer: cheaper per step on CPU than a tuple of levels).
     """
     path = jnp.asarray(path, dtype=jnp.float64)
     if path.ndim != 2 or path.shape[0] < 1:
@@ -130,22 +131,18 @@ def signature_levels(path: jax.Array, depth: int) -> Levels:
     d = path.shape[1]
     _check(d, depth)
     increments = path[1:] - path[:-1]
-    init = tuple(jnp.zeros((d**k,), path.dtype) for k in range(1, depth + 1))
 
-    def step(sig: Levels, delta: jax.Array) -> tuple[Levels, None]:
-        return _mul_exp(sig, delta), None
+    def step(flat: jax.Array, delta: jax.Array) -> tuple[jax.Array, None]:
+        return _join(_mul_exp(_split(flat, d, depth), delta)), None
 
-    sig, _ = jax.lax.scan(step, init, increments)
-    return sig
+    flat, _ = jax.lax.scan(step, jnp.zeros((signature_dim(d, depth),), path.dtype), increments)
+    return flat
 
 
-def signature(path: jax.Array, depth: int) -> jax.Array:
-    """Truncated signature of a path of shape ``(length, d)``: float64[signature_dim(d, depth)].
-
-    Levels 1..depth flattened level by level in row-major word order (iisignature's layout).
-    A path with a single point has the zero signature (only the implicit level 0).
-    """
-    return _join(signature_levels(path, depth))
+def signature_levels(path: jax.Array, depth: int) -> Levels:
+    """:func:`signature` as a tuple of flattened levels ``1..depth`` (level ``k``: ``d**k`` values)."""
+    path = jnp.asarray(path, dtype=jnp.float64)
+    return _split(signature(path, depth), path.shape[-1], depth)
 
 
 def tensor_log(sig: jax.Array, d: int, depth: int) -> jax.Array:

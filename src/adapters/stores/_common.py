@@ -28,8 +28,8 @@ class Unreadable(Exception):
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid store key, else raise ``ValueError`` naming the rule."""
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise ValueError(f"invalid snapshot key {key!r}: use 1-200 characters from A-Z a-z 0-9 _ . - = @ + ^ :"
-                         " and do not start with a dot")
+        raise ValueError(f"invalid snapshot key {key!r}: use 1-200 characters from "
+                         "A-Z a-z 0-9 _ . - = @ + ^ : and do not start with a dot")
     return key
 
 
@@ -61,7 +61,8 @@ def emit(on_event: EventCallback | None, event: StoreEvent) -> None:
 
 
 def newest_valid(key: str, candidates: Iterable[tuple[str, Callable[[], bytes | None]]], *,
-                 max_bytes: int = DEFAULT_MAX_BLOB_BYTES, on_event: EventCallback | None = None) -> bytes | None:
+                 max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+                 on_event: EventCallback | None = None) -> bytes | None:
     """The first candidate (newest first) whose blob verifies; each bad one is reported and skipped.
 
     A fetch returning ``None`` means the version vanished meanwhile (pruned): it is skipped

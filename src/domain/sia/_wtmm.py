@@ -21,19 +21,143 @@ the buffer length and the (static, hashable) config, so the function jits once a
 from __future__ import annotations
 
 import functools
+import math
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._config import PredictorConfig
+from .._errors import ConfigError
 from .._pytree import pytree
-from ._plan import Plan, make_plan
-from ._skeleton import link_maxima, modulus_maxima, sup_along_lines
 
 # Value reported when the buffer carries no usable singularity (constant or polynomial at the
 # buffer's resolution): h = 1, a regular path, which never trips the roughness breaker.
 REGULAR_HOLDER = 1.0
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """Static (numpy) constants of one analysis: fixed by the buffer length and the config."""
+
+    n: int
+    scales: np.ndarray          # float64[S], a_j in samples
+    filters: np.ndarray         # complex128[S, n + 1], ψ̂(a_j ω) on the rfft grid of length 2n
+    valid: np.ndarray           # bool[S, n], positions outside the cone of influence
+    valid_fraction: np.ndarray  # float64[S]
+    reach: tuple[int, ...]      # reach[j]: largest |Δb| linking scale j to scale j − 1
+    fit_weights: np.ndarray     # float64[S], regression weights (0 outside the scaling range)
+    q: np.ndarray               # float64[Q]
+    h_grid: np.ndarray          # float64[K]
+    threshold: float
+
+
+@functools.lru_cache(maxsize=64)
+def make_plan(n: int, config: PredictorConfig) -> Plan:
+    """Scales, filter bank, cone of influence and grids for buffers of length n."""
+    v, m, coi = config.wtmm_voices_per_octave, config.wtmm_wavelet_order, config.wtmm_coi_factor
+    a_max = config.wtmm_max_scale_fraction * n
+    first = math.ceil(v * math.log2(config.wtmm_min_scale) - 1e-9)
+    count = math.floor(v * math.log2(a_max) + 1e-9) + 1 - first
+    scales = 2.0 ** (np.arange(first, first + max(count, 0)) / v)
+    fitted = scales >= config.wtmm_fit_min_scale * (1 - 1e-12)
+    if count < 2 or fitted.sum() < 3:
+        raise ConfigError(f"WTMM on {n} samples: [numerical] wtmm_min_scale = {config.wtmm_min_scale}, "
+                          f"wtmm_fit_min_scale = {config.wtmm_fit_min_scale} and wtmm_max_scale_fraction = "
+                          f"{config.wtmm_max_scale_fraction} leave fewer than 3 scales to fit; widen the range")
+    if config.wtmm_h_min >= config.wtmm_h_max:
+        raise ConfigError(f"[numerical] wtmm_h_min = {config.wtmm_h_min} must be below wtmm_h_max = "
+                          f"{config.wtmm_h_max}")
+    omega = np.pi * np.arange(n + 1) / n
+    x = scales[:, None] * omega[None, :]
+    filters = (1j * x) ** m * np.exp(-0.5 * x * x) / (m ** (m / 2) * np.exp(-m / 2))
+    b = np.arange(n)[None, :]
+    margin = coi * scales[:, None]
+    valid = (b >= np.maximum(margin, 1.0)) & (b <= np.minimum(n - 1 - margin, n - 2.0))
+    width = valid.sum(axis=1)
+    if width[-1] < 1:
+        raise ConfigError(f"[numerical] wtmm_coi_factor = {coi}: the cone of influence covers the whole "
+                          f"{n}-sample buffer at scale {scales[-1]:.3g}; lower it or wtmm_max_scale_fraction")
+    reach = (0, *(math.ceil(config.besov_cone_c * a - 1e-9) - 1 for a in scales[:-1]))
+    import os
+    fit_weights = np.where(fitted, (width / scales) ** float(os.environ.get("WP", "1")), 0.0)
+    q = np.linspace(config.wtmm_q_min, config.wtmm_q_max, config.wtmm_q_points)
+    h_grid = np.linspace(config.wtmm_h_min, config.wtmm_h_max, config.wtmm_h_points)
+    return Plan(n=n, scales=scales, filters=filters, valid=valid, valid_fraction=width / n, reach=reach,
+                fit_weights=fit_weights, q=q, h_grid=h_grid, threshold=config.wtmm_maxima_threshold)
+
+
+@pytree
+class WTMMSkeleton:
+    """The maxima lines of one buffer (debug view; leading batch axes when vmapped).
+
+    Attributes:
+        scales: float64[S], the CWT scales in samples (finest first).
+        modulus: float64[S, n], |W(a_j, b)| of the standardised buffer.
+        maxima: bool[S, n], the modulus maxima kept at each scale.
+        child: int32[S, n], at a maximum of scale j ≥ 1: the position of the maximum at scale
+            j − 1 continuing its line (−1: the line starts at scale j); −1 elsewhere.
+        sup: float64[S, n], sup of |W| along the line from the finest scale up to scale j.
+    """
+
+    scales: jax.Array
+    modulus: jax.Array
+    maxima: jax.Array
+    child: jax.Array
+    sup: jax.Array
+
+
+# A modulus below this (the buffer is standardised to unit range) is round-off, not signal.
+_FLOOR = 1e-10
+
+
+def modulus_maxima(modulus: jax.Array, plan: Plan) -> jax.Array:
+    """bool[S, n]: strict local maxima in b, above the relative threshold, outside the cone."""
+    mid = modulus[:, 1:-1]
+    peak = (mid > modulus[:, :-2]) & (mid >= modulus[:, 2:])
+    peak = jnp.pad(peak, ((0, 0), (1, 1)))
+    valid = jnp.asarray(plan.valid)
+    level = jnp.max(jnp.where(valid, modulus, 0.0), axis=1, keepdims=True)
+    return peak & valid & (modulus >= plan.threshold * level) & (modulus > _FLOOR)
+
+
+def _window_argmax(values: jax.Array, reach: int) -> tuple[jax.Array, jax.Array]:
+    """Largest value and its position over each window [b − reach, b + reach] (sparse table)."""
+    n = values.shape[-1]
+    span = 2 * reach + 1
+    best = jnp.pad(values, (reach, reach), constant_values=-jnp.inf)
+    where = jnp.arange(-reach, n + reach)
+    length = 1
+    while 2 * length <= span:
+        right = best[length:] > best[:-length]
+        best = jnp.where(right, best[length:], best[:-length])
+        where = jnp.where(right, where[length:], where[:-length])
+        length *= 2
+    head_v, head_i = best[:n], where[:n]
+    tail_v, tail_i = best[span - length: span - length + n], where[span - length: span - length + n]
+    right = tail_v > head_v
+    return jnp.where(right, tail_v, head_v), jnp.where(right, tail_i, head_i)
+
+
+def link_maxima(modulus: jax.Array, maxima: jax.Array, plan: Plan) -> jax.Array:
+    """int32[S, n]: coarse-to-fine links. A maximum at scale j continues into the largest maximum
+    of scale j − 1 within |Δb| < besov_cone_c · a_{j−1}; −1 when there is none."""
+    rows = [jnp.full(plan.n, -1, dtype=jnp.int32)]
+    for j in range(1, len(plan.scales)):
+        finer = jnp.where(maxima[j - 1], modulus[j - 1], -1.0)
+        value, position = _window_argmax(finer, plan.reach[j])
+        rows.append(jnp.where(maxima[j] & (value >= 0), position, -1).astype(jnp.int32))
+    return jnp.stack(rows)
+
+
+def sup_along_lines(modulus: jax.Array, maxima: jax.Array, child: jax.Array) -> jax.Array:
+    """float64[S, n]: sup of |W| along each line from the finest scale up to scale j."""
+    rows = [jnp.where(maxima[0], modulus[0], 0.0)]
+    for j in range(1, modulus.shape[0]):
+        below = jnp.where(child[j] >= 0, rows[-1][jnp.clip(child[j], 0)], 0.0)
+        rows.append(jnp.where(maxima[j], jnp.maximum(modulus[j], below), 0.0))
+    return jnp.stack(rows)
 
 
 @pytree
@@ -101,8 +225,6 @@ def legendre_argmax(q: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Array]
     dq = q[:, None] - q[None, :]
     usable = nonneg[:, None] & nonpos[None, :] & (dq > 0)
     crossings = jnp.where(usable, (tau[:, None] - tau[None, :]) / jnp.where(usable, dq, 1.0), 0.0)
-    if bool(np.any(np.asarray(q) == 0.0)):
-        crossings = jnp.where(usable, crossings, 0.0)
     candidates = crossings.reshape(-1)
     d_at = jnp.min(q[None, :] * candidates[:, None] - tau[None, :], axis=1)
     flat_usable = usable.reshape(-1)
@@ -133,9 +255,9 @@ def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     h_grid = jnp.asarray(plan.h_grid)
     spectrum = jnp.min(q[None, :] * h_grid[:, None] - tau[None, :], axis=1)
     width = (tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2])
-    has_parent = jnp.zeros_like(maxima).at[:-1].set(
-        jax.vmap(lambda c, m: jnp.zeros(plan.n, bool).at[jnp.where(m & (c >= 0), c, plan.n)].set(
-            True, mode="drop"))(child[1:], maxima[1:]))
+    continued = [jnp.zeros(plan.n, bool).at[jnp.where(child[j + 1] >= 0, child[j + 1], plan.n)].set(
+        True, mode="drop") for j in range(len(plan.scales) - 1)]
+    has_parent = jnp.stack([*continued, jnp.zeros(plan.n, bool)])
     n_lines = jnp.sum(maxima & ~has_parent, dtype=jnp.int32)
     return WTMMResult(holder=holder, q=q, tau=tau, h_grid=h_grid, spectrum=spectrum, d_max=d_max,
                       width=width, n_lines=n_lines, line_counts=line_counts,
@@ -156,3 +278,14 @@ def wtmm(signal: jax.Array, config: PredictorConfig) -> WTMMResult:
 def holder_exponent(buffer: jax.Array, config: PredictorConfig) -> jax.Array:
     """Hölder exponent of the buffer (the h maximising the WTMM spectrum D(h)), float64 scalar."""
     return _analyse(buffer, make_plan(int(buffer.shape[-1]), config)).holder
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def wtmm_skeleton(signal: jax.Array, config: PredictorConfig) -> WTMMSkeleton:
+    """The CWT modulus, its maxima and their coarse-to-fine links (for inspection and tests)."""
+    plan = make_plan(int(signal.shape[-1]), config)
+    modulus = cwt_modulus(signal, plan)
+    maxima = modulus_maxima(modulus, plan)
+    child = link_maxima(modulus, maxima, plan)
+    return WTMMSkeleton(scales=jnp.asarray(plan.scales), modulus=modulus, maxima=maxima, child=child,
+                        sup=sup_along_lines(modulus, maxima, child))
