@@ -113,7 +113,8 @@ def main() -> None:
     signatures = bench_signatures(args.batch, args.repeats)
     kernel = bench_kernel(args.batch, args.repeats)
     print(f"signature of a 128x2 path (µs per path; ratio = usp / iisignature; batch = {args.batch})")
-    print(f"{'depth':>5} {'usp 1':>9} {'iisig 1':>9} {'ratio':>6} {'usp batch':>10} {'iisig batch':>12} {'ratio':>6}")
+    print(f"{'depth':>5} {'usp 1':>9} {'iisig 1':>9} {'ratio':>6} {'usp batch':>10} "
+          f"{'iisig batch':>12} {'ratio':>6}")
     for r in signatures:
         ii1, iib = r["iisignature_single_us"], r["iisignature_batch_us_per_path"]
         print(f"{r['depth']:>5} {r['usp_single_us']:>9.2f} {ii1 or float('nan'):>9.2f} "

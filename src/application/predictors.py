@@ -6,9 +6,12 @@ Both compile the core once per (config, kernel set) and, for batches, once per b
 
 from __future__ import annotations
 
+import collections
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,6 +23,8 @@ from ..domain import FrequencyWarning, PredictorConfig, StalenessWarning
 from ..domain._core import UNTIMED, CoreState, Out, make_core
 from ..domain._events import EventCode
 from ..ports import Clock
+from ..ports.state_store import StateStore, StoreEvent
+from . import persistence as _persistence
 from .types import (
     ColumnarBatch,
     PredictionResult,
@@ -205,6 +210,16 @@ class FunctionalPredictor:
         new_state, outputs = (self._scan_batch if batched else self._scan)(state, values)
         return new_state, np.asarray(outputs[..., -1, :])
 
+    # -- persistence (usp.application.persistence; docs/persistence.md) ----------------------
+    def save_states(self, store: StateStore, keys: str | Sequence[str], states: CoreState) -> None:
+        """Save one asset's state (``keys`` a str) or a batch (one key per row, one ``save_many``)."""
+        _persistence.save_states(self, store, keys, states)
+
+    def load_states(self, store: StateStore, keys: str | Sequence[str], template: CoreState | None = None
+                    ) -> tuple[CoreState, bool | np.ndarray]:
+        """``(states, restored)`` for one asset or a batch; keys without a snapshot keep the template."""
+        return _persistence.load_states(self, store, keys, template)
+
 
 class UniversalPredictor:
     """Stateful predictor for one stream: spec §4 (TTL and Nyquist checks, last valid result).
@@ -293,3 +308,41 @@ class UniversalPredictor:
             logger.info("regime change at %d ns (CUSUM %.3g)", timestamp_ns, output[Out.THRESHOLD])
         if bits & EventCode.CRITICAL_SINGULARITY:
             logger.warning("emergency mode: Hölder exponent %.3f", output[Out.HOLDER])
+
+    # -- persistence (usp.application.persistence; docs/persistence.md) ----------------------
+    def save_snapshot(self, path_or_key: _persistence.PathOrKey, *, store: StateStore | None = None
+                      ) -> _persistence.SnapshotReceipt:
+        """Write the state now (a FileStore under ``config.snapshot_path`` unless ``store``)."""
+        return _persistence.snapshots_of(self).save(path_or_key, store=store)
+
+    def load_snapshot(self, path_or_key: _persistence.PathOrKey, *, store: StateStore | None = None) -> bool:
+        """Restore the newest valid snapshot (True), or keep the state on a cold start (False)."""
+        return _persistence.snapshots_of(self).load(path_or_key, store=store)
+
+    def save_snapshot_nonblocking(self, path_or_key: _persistence.PathOrKey, *,
+                                  store: StateStore | None = None) -> Future:
+        """Capture the state and write it on a background worker; never waits on I/O."""
+        return _persistence.snapshots_of(self).save_nonblocking(path_or_key, store=store)
+
+    def save_emergency_dump(self, directory: str | Path | None = None, asset_id: str = "asset") -> Path:
+        """Forensic MessagePack dump of the state (spec §16); returns the file's path."""
+        return _persistence.snapshots_of(self).emergency_dump(directory, asset_id)
+
+    @property
+    def storage_events(self) -> collections.deque[StoreEvent]:
+        """The latest storage events (corrupted snapshot, insufficient storage, failed write)."""
+        return _persistence.snapshots_of(self).events
+
+    def record_storage_event(self, event: StoreEvent) -> None:
+        """An ``on_event`` callback for stores: files ``event`` in :attr:`storage_events`."""
+        _persistence.snapshots_of(self).record(event)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait for pending non-blocking snapshots (True when all finished in time)."""
+        return _persistence.snapshots_of(self).close(timeout)
+
+    def __enter__(self) -> UniversalPredictor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

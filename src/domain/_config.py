@@ -162,18 +162,21 @@ class PredictorConfig:
     signal_sampling_interval: float = _key(1.0, "numerical", "Nominal sampling interval used as Δt "
                                            "by the kernels and spectral diagnostics.", lo=1e-12,
                                            hi=1e12, unit="s")
-    wtmm_wavelet_order: int = _key(2, "numerical", "WTMM wavelet: derivative order m of the Gaussian "
+    wtmm_wavelet_order: int = _key(4, "numerical", "WTMM wavelet: derivative order m of the Gaussian "
                                    "(m vanishing moments; m ≥ 2 also cancels linear trends).",
                                    choices=(1, 2, 3, 4))
     wtmm_voices_per_octave: int = _key(4, "numerical", "WTMM scale density v: scales a_j = a_min·2^(j/v).",
                                        lo=1, hi=32)
     wtmm_min_scale: float = _key(1.0, "numerical", "Finest WTMM scale a_min (where maxima lines "
                                  "start).", lo=0.5, hi=1024.0, unit="samples")
-    wtmm_max_scale_fraction: float = _key(0.125, "numerical", "Coarsest WTMM scale as a fraction of "
+    wtmm_max_scale_fraction: float = _key(0.25, "numerical", "Coarsest WTMM scale as a fraction of "
                                           "the analysed length.", lo=0.01, hi=0.5)
     wtmm_fit_min_scale: float = _key(2.0, "numerical", "Finest scale of the τ(q) regression (scaling "
                                      "range = [this, coarsest scale]).", lo=0.5, hi=1024.0,
                                      unit="samples")
+    wtmm_fit_weight_exponent: float = _key(1.5, "numerical", "τ(q) regression weights ∝ (expected "
+                                           "lines at the scale)^this; 0 gives ordinary least "
+                                           "squares.", lo=0.0, hi=4.0)
     wtmm_coi_factor: float = _key(1.0, "numerical", "Cone of influence: maxima closer than this many "
                                   "scales to either end of the buffer are ignored.", lo=0.0, hi=10.0)
     wtmm_maxima_threshold: float = _key(1e-3, "numerical", "Relative threshold: a modulus maximum "

@@ -27,7 +27,7 @@ from ._fusion import fuse
 from ._kernel import KernelSpec, Window
 from ._pytree import pytree
 from ._roughness import breaker_step, structure_function_holder
-from ._stats import VARIANCE_FLOOR, ema_update
+from ._stats import MAGNITUDE_LIMIT, VARIANCE_FLOOR, ema_update
 from ._transport import free_energy, jko_step, sinkhorn_log, transport_cost
 
 #: Sinkhorn is flagged ill-conditioned below this ε (model.md §5).
@@ -123,7 +123,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         sigma_prev = jnp.sqrt(jnp.maximum(state.monitor.resid_var, VARIANCE_FLOOR))
 
         # 1. host checks (as data) ------------------------------------------------------------
-        finite = jnp.isfinite(y)
+        finite = jnp.isfinite(y) & (jnp.abs(y) <= MAGNITUDE_LIMIT)
         y_safe = jnp.where(finite, y, state.window[-1])
         residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
         warm = state.monitor.n_resid >= buffer
@@ -187,7 +187,10 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         huber = jnp.bool_(huber_config) | emergency
 
         # 6. transport (JKO step on the weights) ------------------------------------------------
-        losses = _standardised_loss(y_safe - state.kernel_means, sigma_prev, huber,
+        # Standardise by σ *after* this residual entered it: bounded by 1/volatility_alpha per unit
+        # of weight even for the first residual or a burst, and common to all kernels.
+        sigma_post = jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR))
+        losses = _standardised_loss(y_safe - state.kernel_means, sigma_post, huber,
                                     config.sinkhorn_huber_delta)
         entropy_window = jnp.clip(config.entropy_window_relaxation_factor * config.jko_domain_length**2
                                   / vol_ratio**2, config.entropy_window_bounds_min,
@@ -201,11 +204,13 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         tau = jnp.maximum(config.learning_rate_minimum,
                           jnp.minimum(config.learning_rate,
                                       config.learning_rate_safety_factor * 2.0 * epsilon * vol_ratio**2))
-        cost = _standardised_loss(state.kernel_means[:, None] - state.kernel_means[None, :], sigma_prev,
+        cost = _standardised_loss(state.kernel_means[:, None] - state.kernel_means[None, :], sigma_post,
                                   huber, config.sinkhorn_huber_delta)
         sink = sinkhorn_log(state.log_weights, state.log_weights, cost, epsilon, state.dual_f,
                             state.dual_g, config.sinkhorn_max_iter, config.sinkhorn_tolerance)
-        moved = jko_step(state.log_weights, energies, sink.f, epsilon, tau, config.jko_mirror_step)
+        # Energy of a kernel: its standardised loss summed over the entropy window (n_e × EMA mean).
+        window_energy = entropy_window * energies
+        moved = jko_step(state.log_weights, window_energy, sink.f, epsilon, tau, config.jko_mirror_step)
         forced = emergency & config.robustness_force_kernel_d & (d_index >= 0)
         one_hot = jnp.where(jnp.arange(n) == d_index, 0.0, -jnp.inf) if d_index >= 0 else moved
         freeze_weights = degraded | stale | sparse | ~has_prev
@@ -213,7 +218,6 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         log_weights = jnp.where(forced, one_hot, log_weights)
         uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         log_weights = jnp.where(alarm, uniform, log_weights)
-        energies = jnp.where(alarm, jnp.full(n, energies.mean()), energies)
         weights = jnp.exp(log_weights)
 
         # 7. kernels learn and predict ----------------------------------------------------------
@@ -258,7 +262,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         head = jnp.stack([
             prediction, lower, upper, mode.astype(jnp.float64), bits.astype(jnp.float64),
             holder, kurtosis, statistic, threshold, threshold - statistic,
-            free_energy(weights, energies, epsilon), sink.error, sink.converged.astype(jnp.float64),
+            free_energy(weights, window_energy, epsilon), sink.error, sink.converged.astype(jnp.float64),
             epsilon, jnp.sqrt(jnp.maximum(resid_var, 0.0)), degraded.astype(jnp.float64),
             emergency.astype(jnp.float64), alarm.astype(jnp.float64), frozen.astype(jnp.float64),
             calibrating.astype(jnp.float64)])

@@ -11,7 +11,7 @@ import enum
 class EventCode(enum.IntFlag):
     """One bit per event a tick can raise."""
 
-    REJECTED_NON_FINITE = 1 << 0       #: value NaN/±inf: tick rejected, state untouched
+    REJECTED_NON_FINITE = 1 << 0       #: value NaN/±inf or |y| > 1e100: tick rejected, state untouched
     REJECTED_OUTLIER = 1 << 1          #: |y − ŷ| > sigma_bound·σ: tick rejected (DomainError)
     REJECTED_OUT_OF_ORDER = 1 << 2     #: timestamp earlier than the previous tick's: rejected
     STALE_DATA = 1 << 3                #: now − timestamp > TTL: weights frozen, degraded mode

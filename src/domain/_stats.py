@@ -9,6 +9,9 @@ import jax.numpy as jnp
 
 #: Variance floor (in squared signal units) that keeps standardisation finite.
 VARIANCE_FLOOR = 1e-300
+#: Largest admissible |value|: beyond it squares of sums could overflow float64, so the core
+#: rejects such ticks like non-finite ones (a DomainError event).
+MAGNITUDE_LIMIT = 1e100
 #: Kurtosis is clamped to this range before it enters the CUSUM threshold (documented in
 #: docs/model.md): 1.5 keeps 1 + ln(κ/3) > 0.3, 1e4 bounds the factor by ≈ 9.1.
 KURTOSIS_RANGE = (1.5, 1e4)
@@ -38,7 +41,7 @@ def rolling_kurtosis(window: jnp.ndarray, filled: jnp.ndarray) -> jnp.ndarray:
     mean = (window * mask).sum() / n
     centred = (window - mean) * mask
     m2 = (centred**2).sum() / n
-    m4 = (centred**4).sum() / n
-    kurt = m4 / jnp.maximum(m2 * m2, VARIANCE_FLOOR)
+    standard = centred / jnp.sqrt(jnp.maximum(m2, VARIANCE_FLOOR))  # no overflow in the 4th power
+    kurt = (standard**4).sum() / n
     kurt = jnp.where((filled >= 4) & (m2 > 0), kurt, 3.0)
     return jnp.clip(kurt, *KURTOSIS_RANGE)

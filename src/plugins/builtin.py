@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..domain import KernelSpec
 from .hookspecs import hookimpl
 from .kernel_a import KERNEL_A
+from .kernel_d import KERNEL_D
 
 
 @hookimpl
 def usp_register_kernels() -> list[KernelSpec]:
-    return [KERNEL_A]
+    return [KERNEL_A, KERNEL_D]

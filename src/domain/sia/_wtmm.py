@@ -80,8 +80,7 @@ def make_plan(n: int, config: PredictorConfig) -> Plan:
         raise ConfigError(f"[numerical] wtmm_coi_factor = {coi}: the cone of influence covers the whole "
                           f"{n}-sample buffer at scale {scales[-1]:.3g}; lower it or wtmm_max_scale_fraction")
     reach = (0, *(math.ceil(config.besov_cone_c * a - 1e-9) - 1 for a in scales[:-1]))
-    import os
-    fit_weights = np.where(fitted, (width / scales) ** float(os.environ.get("WP", "1")), 0.0)
+    fit_weights = np.where(fitted, (width / scales) ** config.wtmm_fit_weight_exponent, 0.0)
     q = np.linspace(config.wtmm_q_min, config.wtmm_q_max, config.wtmm_q_points)
     h_grid = np.linspace(config.wtmm_h_min, config.wtmm_h_max, config.wtmm_h_points)
     return Plan(n=n, scales=scales, filters=filters, valid=valid, valid_fraction=width / n, reach=reach,
