@@ -48,7 +48,7 @@ def stream(n: int, seed: int = 7) -> np.ndarray:
     """A random walk with a level shift two thirds of the way (exercises the CUSUM state)."""
     rng = np.random.default_rng(seed)
     values = np.cumsum(rng.standard_normal(n)) * 0.1
-    values[2 * n // 3:] += 3.0
+    values[2 * n // 3:] += 1.0
     return values
 
 

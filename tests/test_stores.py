@@ -13,7 +13,7 @@ import redis
 from dependency_injector import providers
 from hypothesis import given
 from hypothesis import strategies as st
-from services import redis_server, redis_url, s3_client, s3_endpoint
+from .services import redis_server, redis_url, s3_client, s3_endpoint
 from usp.adapters.stores import FileStore, MemoryStore, RedisStore, S3Store
 from usp.application.snapshot import decode_snapshot, encode_snapshot
 from usp.container import Container
@@ -332,7 +332,7 @@ def test_redis_connection_and_credentials_from_environment(monkeypatch):
 
 
 def test_redis_unreachable_is_an_error_not_a_cold_start():
-    from services import free_port
+    from .services import free_port
 
     events = []
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", on_event=events.append, timeout_s=1)

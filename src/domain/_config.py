@@ -186,7 +186,7 @@ class PredictorConfig:
                              lo=-20.0, hi=-0.01)
     wtmm_q_max: float = _key(5.0, "numerical", "Largest moment q of the partition function (> 0).",
                              lo=0.01, hi=20.0)
-    wtmm_q_points: int = _key(41, "numerical", "Points of the uniform q grid.", lo=3, hi=401)
+    wtmm_q_points: int = _key(21, "numerical", "Points of the uniform q grid.", lo=3, hi=401)
     wtmm_h_min: float = _key(-0.5, "numerical", "Lower end of the h grid of the reported spectrum "
                              "D(h).", lo=-5.0, hi=5.0)
     wtmm_h_max: float = _key(2.0, "numerical", "Upper end of the h grid of the reported spectrum "

@@ -45,6 +45,7 @@ class Plan:
     scales: np.ndarray          # float64[S], a_j in samples
     filters: np.ndarray         # complex128[S, n + 1], ψ̂(a_j ω) on the rfft grid of length 2n
     valid: np.ndarray           # bool[S, n], positions outside the cone of influence
+    span: tuple[tuple[int, int], ...]  # span[j]: the valid positions lo <= b < hi of scale j
     valid_fraction: np.ndarray  # float64[S]
     reach: tuple[int, ...]      # reach[j]: largest |Δb| linking scale j to scale j − 1
     fit_weights: np.ndarray     # float64[S], regression weights (0 outside the scaling range)
@@ -83,7 +84,8 @@ def make_plan(n: int, config: PredictorConfig) -> Plan:
     fit_weights = np.where(fitted, (width / scales) ** config.wtmm_fit_weight_exponent, 0.0)
     q = np.linspace(config.wtmm_q_min, config.wtmm_q_max, config.wtmm_q_points)
     h_grid = np.linspace(config.wtmm_h_min, config.wtmm_h_max, config.wtmm_h_points)
-    return Plan(n=n, scales=scales, filters=filters, valid=valid, valid_fraction=width / n, reach=reach,
+    span = tuple((int(np.argmax(row)), int(n - np.argmax(row[::-1]))) for row in valid)
+    return Plan(n=n, scales=scales, filters=filters, valid=valid, span=span, valid_fraction=width / n, reach=reach,
                 fit_weights=fit_weights, q=q, h_grid=h_grid, threshold=config.wtmm_maxima_threshold)
 
 
@@ -173,9 +175,9 @@ class WTMMResult:
         width: float64 scalar, spectrum width: τ'(q_min) − τ'(q_max) from the end chords of τ
             (0 for a monofractal).
         n_lines: int32 scalar, number of distinct maxima lines in the skeleton.
-        line_counts: int32[S], lines counted in Z at each scale.
-        scales: float64[S], the CWT scales in samples.
-        log_z: float64[Q, S], normalised log Z(q, a) (−inf where a scale holds no line).
+        line_counts: int32[S], lines counted in Z at each scale of the scaling range.
+        fit_scales: float64[S], the scales of the scaling range (samples).
+        log_z: float64[Q, S], normalised log Z(q, a) on them (−inf where a scale holds no line).
         valid: bool scalar, at least three scales of the scaling range hold lines.
     """
 
@@ -188,7 +190,7 @@ class WTMMResult:
     width: jax.Array
     n_lines: jax.Array
     line_counts: jax.Array
-    scales: jax.Array
+    fit_scales: jax.Array
     log_z: jax.Array
     valid: jax.Array
 
@@ -214,25 +216,47 @@ def _regression_slopes(log_z: jax.Array, weights: jax.Array, log_a: jax.Array) -
     return jnp.sum(w[None, :] * dx[None, :] * (y - y_bar), axis=1) / sxx
 
 
-def legendre_argmax(q: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Array]:
+def legendre_argmax(q: np.ndarray, tau: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Centre of argmax_h D(h), D(h) = min_k (q_k h − τ_k), and the maximum value.
 
     D is concave and piecewise linear; the ends of its argmax interval are crossings of a line
     with q ≥ 0 and one with q ≤ 0, so evaluating D at all such crossings is exact.
     """
-    nonneg, nonpos = q >= 0, q <= 0
-    dq = q[:, None] - q[None, :]
-    usable = nonneg[:, None] & nonpos[None, :] & (dq > 0)
-    crossings = jnp.where(usable, (tau[:, None] - tau[None, :]) / jnp.where(usable, dq, 1.0), 0.0)
-    candidates = crossings.reshape(-1)
-    d_at = jnp.min(q[None, :] * candidates[:, None] - tau[None, :], axis=1)
-    flat_usable = usable.reshape(-1)
-    d_at = jnp.where(flat_usable, d_at, -jnp.inf)
+    upper, lower = np.nonzero(q >= 0)[0], np.nonzero(q <= 0)[0]
+    i, k = np.meshgrid(upper, lower, indexing="ij")
+    keep = q[i] > q[k]
+    i, k = i[keep], k[keep]
+    candidates = (tau[i] - tau[k]) / jnp.asarray(q[i] - q[k])
+    d_at = jnp.min(jnp.asarray(q)[None, :] * candidates[:, None] - tau[None, :], axis=1)
     best = jnp.max(d_at)
-    on_top = flat_usable & (d_at >= best - 1e-9 * (1.0 + jnp.abs(best)))
+    on_top = d_at >= best - 1e-9 * (1.0 + jnp.abs(best))
     lo = jnp.min(jnp.where(on_top, candidates, jnp.inf))
     hi = jnp.max(jnp.where(on_top, candidates, -jnp.inf))
     return 0.5 * (lo + hi), best
+
+
+def partition_function(sup: jax.Array, maxima: jax.Array, plan: Plan) -> jax.Array:
+    """log Z(q, a_j), float64[Q, S_fit], over the scaling range, normalised by the fraction of the
+    buffer inside the cone of influence (−inf at a scale without lines).
+
+    Two strict local maxima are never adjacent, so each scale's valid stretch is folded into
+    pairs of neighbours holding at most one maximum: half the powers to evaluate.
+    """
+    q = jnp.asarray(plan.q)
+    rows = []
+    for j in np.nonzero(plan.fit_weights > 0)[0]:
+        lo, hi = plan.span[j]
+        values, kept = sup[j, lo:hi], maxima[j, lo:hi]
+        if (hi - lo) % 2:
+            values, kept = jnp.pad(values, (0, 1)), jnp.pad(kept, (0, 1))
+        first = kept[0::2]
+        values = jnp.where(first, values[0::2], values[1::2])
+        kept = first | kept[1::2]
+        top = jnp.max(jnp.where(kept, values, 0.0))
+        log_ratio = jnp.log(jnp.where(kept, values / jnp.where(top > 0, top, 1.0), 1.0))
+        total = jnp.sum(jnp.where(kept[None, :], jnp.exp(q[:, None] * log_ratio[None, :]), 0.0), axis=1)
+        rows.append(jnp.log(total) + q * jnp.log(jnp.where(top > 0, top, 1.0)))
+    return jnp.stack(rows, axis=1) - jnp.asarray(np.log(plan.valid_fraction[plan.fit_weights > 0]))[None, :]
 
 
 def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
@@ -240,17 +264,15 @@ def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     maxima = modulus_maxima(modulus, plan)
     child = link_maxima(modulus, maxima, plan)
     sup = sup_along_lines(modulus, maxima, child)
+    fitted = plan.fit_weights > 0
+    log_z = partition_function(sup, maxima, plan)
+    line_counts = jnp.sum(maxima[fitted], axis=-1, dtype=jnp.int32)
+    weights = jnp.asarray(plan.fit_weights[fitted]) * (line_counts > 0)
+    valid = jnp.sum(weights > 0) >= 3
     q = jnp.asarray(plan.q)
-    log_sup = jnp.where(maxima, jnp.log(jnp.where(maxima, sup, 1.0)), -jnp.inf)
-    exponent = q[:, None, None] * log_sup[None, :, :]
-    log_z = jax.nn.logsumexp(jnp.where(maxima[None], exponent, -jnp.inf), axis=-1)
-    log_z = log_z - jnp.asarray(np.log(plan.valid_fraction))[None, :]
-    line_counts = jnp.sum(maxima, axis=-1, dtype=jnp.int32)
-    fit = jnp.asarray(plan.fit_weights) * (line_counts > 0)
-    valid = jnp.sum(fit > 0) >= 3
-    tau = _regression_slopes(log_z, fit, jnp.asarray(np.log(plan.scales)))
+    tau = _regression_slopes(log_z, weights, jnp.asarray(np.log(plan.scales[fitted])))
     tau = jnp.where(valid, tau, REGULAR_HOLDER * q - 1.0)
-    holder, d_max = legendre_argmax(q, tau)
+    holder, d_max = legendre_argmax(plan.q, tau)
     h_grid = jnp.asarray(plan.h_grid)
     spectrum = jnp.min(q[None, :] * h_grid[:, None] - tau[None, :], axis=1)
     width = (tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2])
@@ -260,7 +282,7 @@ def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     n_lines = jnp.sum(maxima & ~has_parent, dtype=jnp.int32)
     return WTMMResult(holder=holder, q=q, tau=tau, h_grid=h_grid, spectrum=spectrum, d_max=d_max,
                       width=width, n_lines=n_lines, line_counts=line_counts,
-                      scales=jnp.asarray(plan.scales), log_z=log_z, valid=valid)
+                      fit_scales=jnp.asarray(plan.scales[fitted]), log_z=log_z, valid=valid)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
