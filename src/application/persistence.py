@@ -75,10 +75,23 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _leaf_to_host(leaf: Any) -> Any:
+    if isinstance(leaf, jax.Array):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return np.asarray(leaf)  # per leaf: several times cheaper than jax.device_get on a tree
+    return leaf
+
+
+def to_host(state: Any) -> Any:
+    """``state`` with NumPy leaves (typed PRNG keys as their uint32 data); NumPy leaves kept."""
+    return jax.tree_util.tree_map(_leaf_to_host, state)
+
+
 def state_to_payload(config: PredictorConfig, kernel_names: Sequence[str], state: CoreState, *,
                      timestamp_ns: int | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The codec payload of one asset's state (one host transfer; NumPy leaves are used as is)."""
-    host = jax.device_get(state)
+    """The codec payload of one asset's state (JAX leaves are copied to the host once)."""
+    host = to_host(state)
     if len(host.kernels) != len(kernel_names):
         raise ValueError(f"state has {len(host.kernels)} kernel blocks for kernels {list(kernel_names)}")
     out = np.asarray(host.last_output, dtype=np.float64)
@@ -132,7 +145,7 @@ def _decode(config: PredictorConfig, blob: bytes) -> dict[str, Any]:
 
 # -- FunctionalPredictor: one asset or a batch ------------------------------------------------------
 def _rows(states: CoreState, count: int) -> list[CoreState]:
-    host = jax.device_get(states)
+    host = to_host(states)
     size = jax.tree_util.tree_leaves(host)[0].shape[:1]
     if size != (count,):
         raise ValueError(f"{count} keys for a batched state of leading axis {size}")

@@ -275,7 +275,7 @@ def validate(config: PredictorConfig) -> None:
     if 4 * config.kernel_a_order >= config.wtmm_buffer_size:
         raise ConfigError(f"{_where('kernel_a_order')} = {config.kernel_a_order}: must be below "
                           f"wtmm_buffer_size / 4 = {config.wtmm_buffer_size / 4:g}")
-    if config.kernel_a_rkhs_points + config.kernel_a_order >= config.window_size:
+    if config.kernel_a_mode == "rkhs" and config.kernel_a_rkhs_points + config.kernel_a_order >= config.window_size:
         raise ConfigError(f"{_where('kernel_a_rkhs_points')} = {config.kernel_a_rkhs_points}: plus "
                           f"kernel_a_order must stay below window_size = {config.window_size}")
 

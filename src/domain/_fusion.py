@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-NEWTON_ITERATIONS = 10
+NEWTON_ITERATIONS = 12
 
 
 def _mixture_cdf_pdf(x, weights, means, scales):
@@ -33,7 +33,7 @@ def mixture_quantile(p: float, weights: jnp.ndarray, means: jnp.ndarray, scales:
         lo = jnp.where(cdf < p, x, lo)
         hi = jnp.where(cdf >= p, x, hi)
         newton = x - (cdf - p) / jnp.maximum(pdf, 1e-300)
-        x = jnp.where((newton > lo) & (newton < hi), newton, 0.5 * (lo + hi))
+        x = jnp.where((newton >= lo) & (newton <= hi), newton, 0.5 * (lo + hi))
     return x
 
 
