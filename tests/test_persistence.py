@@ -239,10 +239,11 @@ class GatedStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = threading.Event()
+        self.gate, self.entered = threading.Event(), threading.Event()
         self.writes = 0
 
     def save(self, key: str, blob: bytes) -> None:
+        self.entered.set()
         assert self.gate.wait(timeout=60), "gate never opened"
         super().save(key, blob)
         self.writes += 1
@@ -257,6 +258,7 @@ def test_nonblocking_saves_never_wait_coalesce_and_the_last_one_loads():
         for i, value in enumerate(values[60:], 60):
             run(p, np.array([value]), i)
             futures.append(p.save_snapshot_nonblocking("asset", store=store))
+            assert store.entered.wait(timeout=60)  # (so that the first write holds one request)
         assert not futures[0].done()   # the first write is still held: no tick waited for it
         distinct = list(dict.fromkeys(futures))
         assert len(distinct) == 2      # one running, one waiting that took every later request

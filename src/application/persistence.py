@@ -60,6 +60,7 @@ COMPATIBILITY_KEYS = ("float_precision", "enabled_kernels", "window_size", "kurt
                       "log_sig_depth", "kernel_c_jump_max_events")
 SNAPSHOT_WORKERS = 2          # threads writing non-blocking snapshots
 MAX_PENDING_KEYS = 8          # keys with a non-blocking write in flight (beyond: refused, never waited on)
+MIN_WRITE_INTERVAL_S = 0.01   # back-to-back non-blocking writes of one key start this far apart
 STORAGE_EVENT_HISTORY = 256   # storage events kept on a predictor
 DUMP_DIRECTORY = "~/predictor_emergency_dumps"
 PathOrKey = str | os.PathLike[str]
@@ -217,18 +218,21 @@ class _Job:
 
 
 class _SnapshotWriter:
-    """Bounded background writes: ``workers`` threads; per (store, key) one write runs and at most
-    one waits (a newer request replaces the waiting state and shares its Future, so snapshots are
-    never reordered); at most ``max_pending`` keys in flight, beyond which a request is refused at
-    once (failed Future). Submitting never waits on I/O."""
+    """Bounded background writes on ``workers`` threads. Per (store, key): one write at a time and
+    at most one request waiting; a newer request replaces the waiting one's state and shares its
+    Future (the newest state is written, snapshots are never reordered), and back-to-back writes
+    start ``min_interval_s`` apart (bounding the writer's share of the GIL). At most
+    ``max_pending`` keys in flight: beyond, a request is refused at once (failed Future).
+    Submitting never waits on I/O."""
 
     def __init__(self, write: Callable[[_Job], SnapshotReceipt],
                  failed: Callable[[_Job, BaseException], None], workers: int = SNAPSHOT_WORKERS,
-                 max_pending: int = MAX_PENDING_KEYS) -> None:
-        self._write, self._failed, self.max_pending = write, failed, max_pending
+                 max_pending: int = MAX_PENDING_KEYS, min_interval_s: float = MIN_WRITE_INTERVAL_S) -> None:
+        self._write, self._failed = write, failed
+        self.max_pending, self.min_interval_s = max_pending, min_interval_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="usp-snapshot")
         self._idle = threading.Condition()
-        self._slots: dict[tuple[int, str], _Job | None] = {}  # key in flight → its waiting job
+        self._slots: dict[tuple[int, str], _Job | None] = {}  # key in flight → its waiting request
         self._closed = False
 
     def submit(self, store: StateStore, key: str, capture: tuple[CoreState, int]) -> Future:
@@ -236,36 +240,38 @@ class _SnapshotWriter:
         with self._idle:
             if self._closed:
                 raise RuntimeError("the predictor's snapshot writer is closed")
+            waiting = self._slots.get(ident)
+            if waiting is not None:  # coalesce: the newest state is what gets written
+                waiting.capture, waiting.requests = capture, waiting.requests + 1
+                return waiting.future
+            job = _Job(store, key, capture)
             if ident not in self._slots:
-                job = _Job(store, key, capture)
                 if len(self._slots) >= self.max_pending:
                     self._failed(job, SnapshotWriteError(errno.EBUSY, f"snapshot {key!r} refused: "
                                                          f"{self.max_pending} keys are being written"))
                     return job.future
-                self._slots[ident] = None
-                self._executor.submit(self._run, ident, job)
-                return job.future
-            waiting = self._slots[ident]
-            if waiting is None:
-                waiting = self._slots[ident] = _Job(store, key, capture)
-            else:  # coalesce: the newest state is what gets written
-                waiting.capture, waiting.requests = capture, waiting.requests + 1
-            return waiting.future
+                self._executor.submit(self._run, ident, 0.0)
+            self._slots[ident] = job
+            return job.future
 
-    def _run(self, ident: tuple[int, str], job: _Job) -> None:
-        if job.future.set_running_or_notify_cancel():
+    def _run(self, ident: tuple[int, str], not_before: float) -> None:
+        delay = not_before - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # the request stays open to coalescing meanwhile
+        with self._idle:
+            job, self._slots[ident] = self._slots[ident], None
+        started = time.monotonic()
+        if job is not None and job.future.set_running_or_notify_cancel():
             try:
                 job.future.set_result(self._write(job))
             except BaseException as exc:  # reported, never raised into the pool
                 self._failed(job, exc)
         with self._idle:
-            waiting = self._slots.get(ident)
-            if waiting is None:
+            if self._slots[ident] is None:
                 del self._slots[ident]
                 self._idle.notify_all()
             else:
-                self._slots[ident] = None
-                self._executor.submit(self._run, ident, waiting)
+                self._executor.submit(self._run, ident, started + self.min_interval_s)
 
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new requests, wait for those in flight; True when all finished in time."""

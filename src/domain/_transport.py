@@ -10,6 +10,11 @@ linearised at ρ_k, its gradient being the Sinkhorn dual potential ``f`` of ``W_
 closed form ``log ρ⁺ = (log ρ_k − η (E + f/(2τ))) / (1 + η ε) − log Z``. The result is on the
 simplex by construction, tends to uniform as ε grows, and moves mass toward kernels with
 persistently lower energy.
+
+The transport term is explicit: its potential behaves like ``(ε/2τ)·log ρ`` (between ½ and 1
+times that, from a diagonal to a product plan), so the step η is capped at
+``1 / (ε (1 + 1/(2τ)))``, its stability limit. Without the cap a large ε (e.g. 1e4, τ = 0.01)
+makes the weights flip between vertices of the simplex instead of staying near uniform.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ def jko_step(log_weights: jnp.ndarray, energies: jnp.ndarray, potential: jnp.nda
         mirror_step: η > 0.
     """
     weights = jnp.exp(log_weights)
+    mirror_step = jnp.minimum(mirror_step, 1.0 / (epsilon * (1.0 + 1.0 / (2.0 * tau))))
     gradient = energies + potential / (2.0 * tau)
     gradient = gradient - jnp.dot(weights, gradient)  # gradients on the simplex: defined up to a constant
     raw = (log_weights - mirror_step * gradient) / (1.0 + mirror_step * epsilon)

@@ -1,0 +1,105 @@
+"""Orchestrator invariants: Sinkhorn marginals, JKO simplex, ε → uniform, lower loss gains weight."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from usp import FunctionalPredictor, PredictorConfig
+from usp.domain._core import Out
+from usp.domain._fusion import mixture_quantile
+from usp.domain._transport import jko_step, sinkhorn_log, transport_cost
+from usp.plugins.manager import build_plugin_manager
+
+from .helpers import ar2
+from .plugins import martingale_kernel
+
+finite = st.floats(-1e6, 1e6, allow_nan=False)
+jko = jax.jit(jko_step, static_argnums=5)
+
+
+@given(st.integers(2, 6).flatmap(lambda n: st.tuples(
+    st.lists(st.floats(-700, 0), min_size=n, max_size=n), st.lists(finite, min_size=n, max_size=n),
+    st.lists(finite, min_size=n, max_size=n))), st.floats(1e-6, 1e6), st.floats(1e-8, 10.0),
+    st.floats(1e-6, 100.0))
+def test_jko_step_stays_on_the_simplex(vectors, epsilon, tau, step):
+    log_w, energies, potential = (jnp.asarray(v) for v in vectors)
+    log_w = log_w - jax.scipy.special.logsumexp(log_w)
+    out = np.asarray(jko(log_w, energies, potential, epsilon, tau, step))
+    weights = np.exp(out)
+    assert np.all(np.isfinite(out))
+    assert abs(weights.sum() - 1.0) < 1e-10 and np.all(weights >= 0)
+
+
+@given(st.integers(2, 5), st.integers(0, 10_000), st.floats(0.02, 2.0))
+def test_sinkhorn_reports_its_marginal_error_honestly(n, seed, epsilon):
+    rng = np.random.default_rng(seed)
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(n))
+    cost = transport_cost(jnp.asarray(rng.normal(size=(n, 1)) - rng.normal(size=(1, n))), False, 1.0)
+    result = sinkhorn_log(jnp.log(a), jnp.log(b), cost, epsilon, jnp.zeros(n), jnp.zeros(n), 300, 1e-9)
+    plan = np.exp((np.asarray(result.f)[:, None] + np.asarray(result.g)[None, :] - np.asarray(cost)) / epsilon)
+    np.testing.assert_allclose(plan.sum(axis=0), b, atol=1e-12)  # the last half-step is exact
+    row_error = np.abs(plan.sum(axis=1) - a).sum()
+    assert float(result.error) == pytest.approx(row_error, rel=1e-6, abs=1e-15)
+    assert bool(result.converged) == (row_error < 1e-9)
+    if epsilon >= 0.3:  # well conditioned: converges within the bound
+        assert bool(result.converged)
+
+
+def test_sinkhorn_self_transport_converges_from_a_warm_start():
+    """The orchestrator's problem, OT(ρ, ρ) at ε = 1e-3, converges when warm-started."""
+    rng = np.random.default_rng(3)
+    log_a = jnp.log(jnp.asarray(rng.dirichlet(np.ones(4))))
+    means = rng.normal(size=4)  # kernel forecasts (standardised): C_ij = (m_i − m_j)², zero diagonal
+    cost = transport_cost(jnp.asarray(means[:, None] - means[None, :]), False, 1.0)
+    cold = sinkhorn_log(log_a, log_a, cost, 1e-3, jnp.zeros(4), jnp.zeros(4), 30, 1e-9)
+    warm = sinkhorn_log(log_a, log_a, cost, 1e-3, cold.f, cold.g, 30, 1e-9)
+    assert bool(warm.converged) and float(warm.error) <= float(cold.error)
+
+
+def test_lower_energy_gains_weight_and_huge_epsilon_stays_uniform():
+    log_w = jnp.log(jnp.full(3, 1 / 3))
+    energies = jnp.array([1.0, 1.5, 2.0])
+    sharp, flat = log_w, log_w
+    for _ in range(50):
+        sharp = jko(sharp, energies, jnp.zeros(3), 1e-3, 1e-2, 0.25)
+        flat = jko(flat, energies, jnp.zeros(3), 1e4, 1e-2, 0.25)
+    assert np.argmax(np.asarray(sharp)) == 0 and math.exp(float(sharp[0])) > 0.9
+    assert np.max(np.abs(np.exp(np.asarray(flat)) - 1 / 3)) < 0.01
+
+
+def _ensemble_weights(config: PredictorConfig, seed: int = 41) -> np.ndarray:
+    predictor = FunctionalPredictor(config, plugin_manager=build_plugin_manager([martingale_kernel]))
+    series, _ = ar2(1500, seed)
+    _, outputs = predictor._scan(predictor.init_state(), series)
+    return np.asarray(outputs)[300:, Out.SIZE:Out.SIZE + 2]
+
+
+def test_predictor_weights_uniform_at_huge_epsilon_and_sharp_at_default():
+    base = PredictorConfig(enabled_kernels=("A", "M"))
+    uniform = _ensemble_weights(attrs.evolve(base, epsilon=1e4))
+    assert np.max(np.abs(uniform - 0.5)) < 0.01
+    sharp = _ensemble_weights(base)
+    assert sharp[:, 0].mean() > 0.8  # kernel A has persistently lower loss on an AR(2)
+
+
+@given(st.integers(1, 4).flatmap(lambda n: st.tuples(
+    st.lists(st.floats(0.01, 1.0), min_size=n, max_size=n), st.lists(st.floats(-50, 50), min_size=n, max_size=n),
+    st.lists(st.floats(0.05, 20.0), min_size=n, max_size=n))), st.sampled_from([0.025, 0.5, 0.975]))
+def test_mixture_quantile_solves_the_cdf(components, p):
+    weights, means, scales = (np.asarray(c) for c in components)
+    weights = weights / weights.sum()
+    x = float(jax.jit(mixture_quantile, static_argnums=0)(p, jnp.asarray(weights), jnp.asarray(means),
+                                                          jnp.asarray(scales)))
+    cdf = sum(w * 0.5 * math.erfc(-(x - m) / (s * math.sqrt(2))) for w, m, s in zip(weights, means, scales,
+                                                                                   strict=True))
+    density = sum(w * math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+                  for w, m, s in zip(weights, means, scales, strict=True))
+    assert abs(cdf - p) < 1e-9 or density < 1e-6  # flat regions: any point of the plateau is a quantile
