@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test lint bench lock clean install
+.PHONY: demo test lint bench lock clean install config-docs
 
 demo: $(STAMP)  ## run the main job on the embedded dataset
 	$(PY) -m usp.cli run data/co2_weekly_mauna_loa.csv --config examples/co2_weekly.toml \
@@ -15,10 +15,17 @@ test: $(STAMP)  ## lint and run the whole test suite
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(PY) -m pytest -n 2 -q
 
-bench: $(STAMP)  ## print the benchmark table and write benchmarks/results/core.json
+bench: $(STAMP)  ## print the benchmark tables and write benchmarks/results/*.json
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_signature.py
+	$(PY) benchmarks/bench_wtmm.py
+	$(PY) benchmarks/bench_snapshot.py
 
 install: $(STAMP)
+
+config-docs: $(STAMP)  ## regenerate config.toml and docs/configuration.md from the field metadata
+	$(PY) -m usp.cli config defaults > config.toml
+	{ cat docs/configuration.intro.md; $(PY) -m usp.cli config reference; } > docs/configuration.md
 
 $(STAMP): requirements.lock pyproject.toml tools/lock.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'

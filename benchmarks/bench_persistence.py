@@ -132,7 +132,8 @@ def main() -> None:
     args = parser.parse_args()
 
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                 "platform": platform.platform()}, "config": "PredictorConfig() defaults"}
+                                 "platform": platform.platform(), "load_average_at_start": os.getloadavg()},
+                     "config": "PredictorConfig() defaults"}
     with tempfile.TemporaryDirectory(prefix="usp-bench-", dir=ROOT / "benchmarks") as root:
         results["ticks"] = bench_ticks(args.ticks, args.warmup, Path(root))
 
@@ -167,6 +168,9 @@ def main() -> None:
     for name, row in stores.items():
         print(f"{name:<7} {row['assets']:>6} {row['save_us']:>14.1f} {row['load_us']:>14.1f} "
               f"{row['single_save_us']:>10.1f} {row['single_load_us']:>10.1f}")
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    print(f"load average {results['machine']['load_average_at_start'][0]:.2f} → "
+          f"{results['machine']['load_average_at_end'][0]:.2f} on {os.cpu_count()} CPUs")
     out = ROOT / "benchmarks" / "results" / "persistence.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

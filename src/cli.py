@@ -255,6 +255,26 @@ def default_config_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def config_reference_markdown() -> str:
+    """The table of every key (docs/configuration.md is this plus its introduction)."""
+    config = PredictorConfig()
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += ["", f"### `[{section}]`", "", "| key | default | allowed | meaning |", "|---|---|---|---|"]
+        for name, field in FIELDS.items():
+            meta = field.metadata
+            if meta["section"] != section:
+                continue
+            allowed = (", ".join(repr(c) for c in meta["choices"]) if meta["choices"] else
+                       f"[{meta['lo']}, {meta['hi'] if meta['hi'] is not None else '∞'}]"
+                       if meta["lo"] is not None else "any")
+            unit = f" ({meta['unit']})" if meta["unit"] else ""
+            lock = " **Locked.**" if meta["locked"] else ""
+            lines.append(f"| `{name}` | `{_toml_value(getattr(config, name))}` | {allowed} | "
+                         f"{meta['doc']}{unit}{lock} |")
+    return "\n".join(lines) + "\n"
+
+
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -291,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     config = commands.add_parser("config", help="configuration helpers")
     config_actions = config.add_subparsers(dest="action", required=True)
     config_actions.add_parser("defaults", help="print the documented default config.toml")
+    config_actions.add_parser("reference", help="print the Markdown reference of every key")
     check = config_actions.add_parser("check", help="validate a config file")
     check.add_argument("file", type=Path)
     args = parser.parse_args(argv)
@@ -301,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             if args.action == "defaults":
                 sys.stdout.write(default_config_toml())
+            elif args.action == "reference":
+                sys.stdout.write(config_reference_markdown())
             else:
                 load_config(args.file)
                 print(f"{args.file}: ok")

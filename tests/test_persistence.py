@@ -32,10 +32,7 @@ from usp.ports.state_store import (
     SnapshotWriteFailedEvent,
 )
 
-try:  # tests/ as a plain directory (on sys.path) or as a package
-    from services import redis_url
-except ModuleNotFoundError:
-    from tests.services import redis_url
+from .services import redis_url
 
 __all__ = ["redis_url"]  # session fixture used below
 
@@ -231,6 +228,8 @@ def test_batch_load_keeps_template_rows_for_missing_keys():
         assert blocks[name][2].tobytes() == warm[name][1].tobytes()
     with pytest.raises(ValueError, match="2 keys"):
         fp.save_states(store, ["a", "b"], states)
+    with pytest.raises(ValueError, match="one asset's state"):
+        fp.save_states(store, "a", states)
     assert fp.load_states(store, "nothing")[1] is False
 
 

@@ -93,13 +93,16 @@ def state_to_payload(config: PredictorConfig, kernel_names: Sequence[str], state
                      timestamp_ns: int | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The codec payload of one asset's state (JAX leaves are copied to the host once)."""
     host = to_host(state)
+    if np.ndim(host.last_output) != 1:
+        raise ValueError("state_to_payload takes one asset's state; save a batched state with one key "
+                         "per row (FunctionalPredictor.save_states)")
     if len(host.kernels) != len(kernel_names):
         raise ValueError(f"state has {len(host.kernels)} kernel blocks for kernels {list(kernel_names)}")
     out = np.asarray(host.last_output, dtype=np.float64)
     return {
         "schema_version": config.schema_version,
         "timestamp": time.time_ns() if timestamp_ns is None else int(timestamp_ns),
-        "config": _config_values(config),
+        "config": dict(_config_values(config)),
         "global": pytree_to_blocks(attrs.evolve(host, kernels=())),
         "telemetry": {"kurtosis": float(out[Out.KURTOSIS]), "dgm_entropy": math.nan,
                       "adaptive_threshold": float(out[Out.THRESHOLD])},
@@ -113,10 +116,11 @@ def state_to_payload(config: PredictorConfig, kernel_names: Sequence[str], state
 
 def check_compatible(config: PredictorConfig, stored: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming every :data:`COMPATIBILITY_KEYS` value that differs."""
-    differ = [k for k in COMPATIBILITY_KEYS if stored.get(k, "<absent>") != _plain(getattr(config, k))]
+    current = {k: _plain(getattr(config, k)) for k in COMPATIBILITY_KEYS if hasattr(config, k)}
+    differ = [k for k, v in current.items() if stored.get(k, "<absent>") != v]
     if differ:
-        details = ", ".join(f"{k}: snapshot={stored.get(k, '<absent>')!r}, "
-                            f"current={_plain(getattr(config, k))!r}" for k in differ)
+        details = ", ".join(f"{k}: snapshot={stored.get(k, '<absent>')!r}, current={current[k]!r}"
+                            for k in differ)
         raise ValueError(f"snapshot was made with an incompatible configuration ({details})")
 
 
@@ -241,7 +245,7 @@ class _SnapshotWriter:
             if self._closed:
                 raise RuntimeError("the predictor's snapshot writer is closed")
             waiting = self._slots.get(ident)
-            if waiting is not None:  # coalesce: the newest state is what gets written
+            if waiting is not None and not waiting.future.cancelled():  # coalesce: newest state wins
                 waiting.capture, waiting.requests = capture, waiting.requests + 1
                 return waiting.future
             job = _Job(store, key, capture)
@@ -267,11 +271,16 @@ class _SnapshotWriter:
             except BaseException as exc:  # reported, never raised into the pool
                 self._failed(job, exc)
         with self._idle:
-            if self._slots[ident] is None:
-                del self._slots[ident]
-                self._idle.notify_all()
-            else:
-                self._executor.submit(self._run, ident, started + self.min_interval_s)
+            waiting = self._slots[ident]
+            if waiting is not None:
+                try:
+                    self._executor.submit(self._run, ident, started + self.min_interval_s)
+                    return
+                except RuntimeError as exc:  # shut down by a close() that timed out
+                    self._failed(waiting, SnapshotWriteError(errno.ESHUTDOWN, f"snapshot {waiting.key!r} "
+                                                             f"dropped: {exc}"))
+            del self._slots[ident]
+            self._idle.notify_all()
 
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new requests, wait for those in flight; True when all finished in time."""
@@ -361,7 +370,9 @@ class PredictorSnapshots:
 
     # -- save / load ------------------------------------------------------------------------
     def _capture(self) -> tuple[CoreState, int]:
-        return self._predictor.state, time.time_ns()  # an immutable pytree: no copy needed
+        # An immutable pytree: a reference is a consistent snapshot, as long as the step never
+        # donates its input buffers (it does not; donating would require a copy here).
+        return self._predictor.state, time.time_ns()
 
     def _write(self, job: _Job) -> SnapshotReceipt:
         state, stamp = job.capture

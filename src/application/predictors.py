@@ -7,6 +7,7 @@ Both compile the core once per (config, kernel set) and, for batches, once per b
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -49,6 +50,36 @@ def _resolve(config: PredictorConfig, kernels, plugin_manager):
     from ..plugins.manager import resolve_kernels
 
     return resolve_kernels(config, plugin_manager)
+
+
+@attrs.frozen
+class CompiledCore:
+    """The jitted entry points of one (config, kernel set): shared by every predictor using them."""
+
+    init: Any
+    init_batch: Any
+    step: Any
+    step_batch: Any
+    scan: Any
+    scan_batch: Any
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_core(config: PredictorConfig, kernels: tuple) -> CompiledCore:
+    """Build (once per process and configuration) the jitted core functions.
+
+    Memoised so that many predictors with one configuration — one per asset, or re-created on
+    reload — share traced and compiled graphs instead of re-tracing each time.
+    """
+    init, step = make_core(config, kernels)
+
+    def scan(state, values):
+        untimed = jnp.full(values.shape, UNTIMED, jnp.int64)
+        return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0)), state, (values, untimed))
+
+    return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init)), step=jax.jit(step),
+                        step_batch=jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None))), scan=jax.jit(scan),
+                        scan_batch=jax.jit(jax.vmap(scan)))
 
 
 @attrs.frozen
@@ -132,18 +163,10 @@ class FunctionalPredictor:
         self.clock = clock or _default_clock()
         self.kernels = _resolve(self.config, kernels, plugin_manager)
         self.kernel_names = tuple(k.name for k in self.kernels)
-        init, step = make_core(self.config, self.kernels)
-        self._init = jax.jit(init)
-        self._init_batch = jax.jit(jax.vmap(init))
-        self._step = jax.jit(step)
-        self._step_batch = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None)))
-
-        def scan(state, values):
-            untimed = jnp.full(values.shape, UNTIMED, jnp.int64)
-            return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0)), state, (values, untimed))
-
-        self._scan = jax.jit(scan)
-        self._scan_batch = jax.jit(jax.vmap(scan))
+        core = compiled_core(self.config, self.kernels)
+        self._init, self._init_batch = core.init, core.init_batch
+        self._step, self._step_batch = core.step, core.step_batch
+        self._scan, self._scan_batch = core.scan, core.scan_batch
 
     # -- state ---------------------------------------------------------------------------
     def init_state(self, n_assets: int | None = None, key: jax.Array | None = None) -> CoreState:
@@ -307,7 +330,7 @@ class UniversalPredictor:
         if bits & EventCode.REGIME_CHANGED:
             logger.info("regime change at %d ns (CUSUM %.3g)", timestamp_ns, output[Out.THRESHOLD])
         if bits & EventCode.CRITICAL_SINGULARITY:
-            logger.warning("emergency mode: Hölder exponent %.3f", output[Out.HOLDER])
+            logger.info("emergency mode: Hölder exponent %.3f", output[Out.HOLDER])
 
     # -- persistence (usp.application.persistence; docs/persistence.md) ----------------------
     def save_snapshot(self, path_or_key: _persistence.PathOrKey, *, store: StateStore | None = None

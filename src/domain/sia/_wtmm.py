@@ -45,9 +45,11 @@ class Plan:
     scales: np.ndarray          # float64[S], a_j in samples
     filters: np.ndarray         # complex128[S, n + 1], ψ̂(a_j ω) on the rfft grid of length 2n
     valid: np.ndarray           # bool[S, n], positions outside the cone of influence
-    span: tuple[tuple[int, int], ...]  # span[j]: the valid positions lo <= b < hi of scale j
     valid_fraction: np.ndarray  # float64[S]
     reach: tuple[int, ...]      # reach[j]: largest |Δb| linking scale j to scale j − 1
+    pad: int                    # largest reach: padding of the linking sparse table
+    levels: int                 # doubling passes of the linking sparse table
+    lookup: np.ndarray          # int[2, S − 1, n]: flat table indices of each window's two halves
     fit_weights: np.ndarray     # float64[S], regression weights (0 outside the scaling range)
     q: np.ndarray               # float64[Q]
     h_grid: np.ndarray          # float64[K]
@@ -81,12 +83,30 @@ def make_plan(n: int, config: PredictorConfig) -> Plan:
         raise ConfigError(f"[numerical] wtmm_coi_factor = {coi}: the cone of influence covers the whole "
                           f"{n}-sample buffer at scale {scales[-1]:.3g}; lower it or wtmm_max_scale_fraction")
     reach = (0, *(math.ceil(config.besov_cone_c * a - 1e-9) - 1 for a in scales[:-1]))
+    pad, levels, lookup = _link_table(n, reach[1:])
     fit_weights = np.where(fitted, (width / scales) ** config.wtmm_fit_weight_exponent, 0.0)
     q = np.linspace(config.wtmm_q_min, config.wtmm_q_max, config.wtmm_q_points)
     h_grid = np.linspace(config.wtmm_h_min, config.wtmm_h_max, config.wtmm_h_points)
-    span = tuple((int(np.argmax(row)), int(n - np.argmax(row[::-1]))) for row in valid)
-    return Plan(n=n, scales=scales, filters=filters, valid=valid, span=span, valid_fraction=width / n, reach=reach,
-                fit_weights=fit_weights, q=q, h_grid=h_grid, threshold=config.wtmm_maxima_threshold)
+    return Plan(n=n, scales=scales, filters=filters, valid=valid, valid_fraction=width / n, reach=reach,
+                pad=pad, levels=levels, lookup=lookup, fit_weights=fit_weights, q=q, h_grid=h_grid,
+                threshold=config.wtmm_maxima_threshold)
+
+
+def _link_table(n: int, reach: tuple[int, ...]) -> tuple[int, int, np.ndarray]:
+    """Layout of the sparse table of :func:`link_maxima` (row j: windows of half-width reach[j]).
+
+    Level k holds the best of each run of 2^k padded positions; the window of half-width r
+    around b is the union of the runs of length 2^k (k = ⌊log2(2r + 1)⌋) starting at b + pad − r
+    and at b + pad + r + 1 − 2^k.
+    """
+    pad = max(reach)
+    width, rows = n + 2 * pad, len(reach)
+    levels = int(math.floor(math.log2(2 * pad + 1)))
+    r = np.asarray(reach)[:, None]
+    level = np.floor(np.log2(2 * r + 1)).astype(np.int64)
+    start = np.arange(n)[None, :] + pad - r
+    base = (level * rows + np.arange(rows)[:, None]) * width
+    return pad, levels, np.stack([base + start, base + start + 2 * r + 1 - 2 ** level])
 
 
 @pytree
@@ -114,51 +134,63 @@ _FLOOR = 1e-10
 
 
 def modulus_maxima(modulus: jax.Array, plan: Plan) -> jax.Array:
-    """bool[S, n]: strict local maxima in b, above the relative threshold, outside the cone."""
-    mid = modulus[:, 1:-1]
-    peak = (mid > modulus[:, :-2]) & (mid >= modulus[:, 2:])
-    peak = jnp.pad(peak, ((0, 0), (1, 1)))
-    valid = jnp.asarray(plan.valid)
-    level = jnp.max(jnp.where(valid, modulus, 0.0), axis=1, keepdims=True)
-    return peak & valid & (modulus >= plan.threshold * level) & (modulus > _FLOOR)
-
-
-def _window_argmax(values: jax.Array, reach: int) -> tuple[jax.Array, jax.Array]:
-    """Largest value and its position over each window [b − reach, b + reach] (sparse table)."""
-    n = values.shape[-1]
-    span = 2 * reach + 1
-    best = jnp.pad(values, (reach, reach), constant_values=-jnp.inf)
-    where = jnp.arange(-reach, n + reach)
-    length = 1
-    while 2 * length <= span:
-        right = best[length:] > best[:-length]
-        best = jnp.where(right, best[length:], best[:-length])
-        where = jnp.where(right, where[length:], where[:-length])
-        length *= 2
-    head_v, head_i = best[:n], where[:n]
-    tail_v, tail_i = best[span - length: span - length + n], where[span - length: span - length + n]
-    right = tail_v > head_v
-    return jnp.where(right, tail_v, head_v), jnp.where(right, tail_i, head_i)
+    """float64[S, n], 1 at the kept maxima: strict local maxima of |W| in b (``>`` on the left,
+    ``≥`` on the right), above the relative threshold, outside the cone of influence."""
+    valid = jnp.asarray(plan.valid, dtype=modulus.dtype)
+    level = jnp.max(modulus * valid, axis=1, keepdims=True)
+    left = jnp.concatenate([modulus[:, :1], modulus[:, :-1]], axis=1)
+    right = jnp.concatenate([modulus[:, 1:], modulus[:, -1:]], axis=1)
+    keep = (modulus > left) & (modulus >= right) & (modulus >= plan.threshold * level) & (modulus > _FLOOR)
+    return jnp.where(keep, valid, 0.0)
 
 
 def link_maxima(modulus: jax.Array, maxima: jax.Array, plan: Plan) -> jax.Array:
-    """int32[S, n]: coarse-to-fine links. A maximum at scale j continues into the largest maximum
-    of scale j − 1 within |Δb| < besov_cone_c · a_{j−1}; −1 when there is none."""
-    rows = [jnp.full(plan.n, -1, dtype=jnp.int32)]
-    for j in range(1, len(plan.scales)):
-        finer = jnp.where(maxima[j - 1], modulus[j - 1], -1.0)
-        value, position = _window_argmax(finer, plan.reach[j])
-        rows.append(jnp.where(maxima[j] & (value >= 0), position, -1).astype(jnp.int32))
-    return jnp.stack(rows)
+    """float64[S, n]: coarse-to-fine links, all scales at once.
+
+    A maximum at scale j ≥ 1 continues the line of the largest maximum of scale j − 1 (the
+    leftmost on exact ties) inside the cone |Δb| < besov_cone_c · a_{j−1}; the entry is that
+    maximum's position, or −1 (no maximum in the cone: the line starts at scale j; or not a
+    maximum). The window maxima come from one sparse table over every scale: ``levels`` passes
+    of pairwise maxima, then two lookups per position at precomputed (static) offsets.
+    """
+    key = modulus[:-1] * maxima[:-1] + maxima[:-1] - 1.0  # −1 off the maxima of the finer scale
+    pad = plan.pad
+    key = jnp.pad(key, ((0, 0), (pad, pad)), constant_values=-2.0)
+    where = jnp.broadcast_to(jnp.arange(-pad, plan.n + pad, dtype=modulus.dtype), key.shape)
+    keys, wheres = [key], [where]
+    for level in range(plan.levels):
+        step = 2 ** level
+        right = key[:, step:] > key[:, :-step]
+        key = jnp.pad(jnp.where(right, key[:, step:], key[:, :-step]), ((0, 0), (0, step)),
+                      constant_values=-2.0)
+        where = jnp.pad(jnp.where(right, where[:, step:], where[:, :-step]), ((0, 0), (0, step)))
+        keys.append(key)
+        wheres.append(where)
+    keys, wheres = jnp.stack(keys).reshape(-1), jnp.stack(wheres).reshape(-1)
+    head, tail = jnp.asarray(plan.lookup[0]), jnp.asarray(plan.lookup[1])
+    take_tail = keys[tail] > keys[head]
+    best = jnp.where(take_tail, keys[tail], keys[head])
+    child = jnp.where(take_tail, wheres[tail], wheres[head])
+    child = jnp.where((best >= 0) & (maxima[1:] > 0), child, -1.0)
+    return jnp.concatenate([jnp.full((1, plan.n), -1.0), child])
 
 
-def sup_along_lines(modulus: jax.Array, maxima: jax.Array, child: jax.Array) -> jax.Array:
-    """float64[S, n]: sup of |W| along each line from the finest scale up to scale j."""
-    rows = [jnp.where(maxima[0], modulus[0], 0.0)]
-    for j in range(1, modulus.shape[0]):
-        below = jnp.where(child[j] >= 0, rows[-1][jnp.clip(child[j], 0)], 0.0)
-        rows.append(jnp.where(maxima[j], jnp.maximum(modulus[j], below), 0.0))
-    return jnp.stack(rows)
+def _pointers(child: jax.Array, plan: Plan) -> jax.Array:
+    """int32[S·n]: flat index of each node's child on the finer scale (S·n when none)."""
+    size = len(plan.scales) * plan.n
+    below = (jnp.arange(len(plan.scales))[:, None] - 1) * plan.n + child.astype(jnp.int32)
+    return jnp.where(child >= 0, below, size).reshape(-1)
+
+
+def sup_along_lines(modulus: jax.Array, maxima: jax.Array, child: jax.Array, plan: Plan) -> jax.Array:
+    """float64[S, n]: sup of |W| along each line from its finest scale up to a_j (0 off the
+    maxima), by pointer doubling down the links: ⌈log2 S⌉ rounds of gathers."""
+    value = jnp.concatenate([(modulus * maxima).reshape(-1), jnp.zeros(1)])
+    pointer = jnp.concatenate([_pointers(child, plan), jnp.full(1, value.size - 1, jnp.int32)])
+    for _ in range(math.ceil(math.log2(len(plan.scales)))):
+        value = jnp.maximum(value, value[pointer])
+        pointer = pointer[pointer]
+    return value[:-1].reshape(modulus.shape) * maxima
 
 
 @pytree
@@ -239,34 +271,35 @@ def partition_function(sup: jax.Array, maxima: jax.Array, plan: Plan) -> jax.Arr
     """log Z(q, a_j), float64[Q, S_fit], over the scaling range, normalised by the fraction of the
     buffer inside the cone of influence (−inf at a scale without lines).
 
-    Two strict local maxima are never adjacent, so each scale's valid stretch is folded into
-    pairs of neighbours holding at most one maximum: half the powers to evaluate.
+    Two strict local maxima are never adjacent, so each scale folds into pairs of neighbours
+    holding at most one maximum (``sup`` is 0 off the maxima): half the powers to evaluate.
     """
+    fitted = plan.fit_weights > 0
+    values, kept = sup[fitted], maxima[fitted]
+    if plan.n % 2:
+        values, kept = jnp.pad(values, ((0, 0), (0, 1))), jnp.pad(kept, ((0, 0), (0, 1)))
+    values, kept = values[:, 0::2] + values[:, 1::2], kept[:, 0::2] + kept[:, 1::2]
+    log_sup = jnp.log(values + (1.0 - kept))  # 0 where the pair holds no maximum
     q = jnp.asarray(plan.q)
-    rows = []
-    for j in np.nonzero(plan.fit_weights > 0)[0]:
-        lo, hi = plan.span[j]
-        values, kept = sup[j, lo:hi], maxima[j, lo:hi]
-        if (hi - lo) % 2:
-            values, kept = jnp.pad(values, (0, 1)), jnp.pad(kept, (0, 1))
-        first = kept[0::2]
-        values = jnp.where(first, values[0::2], values[1::2])
-        kept = first | kept[1::2]
-        top = jnp.max(jnp.where(kept, values, 0.0))
-        log_ratio = jnp.log(jnp.where(kept, values / jnp.where(top > 0, top, 1.0), 1.0))
-        total = jnp.sum(jnp.where(kept[None, :], jnp.exp(q[:, None] * log_ratio[None, :]), 0.0), axis=1)
-        rows.append(jnp.log(total) + q * jnp.log(jnp.where(top > 0, top, 1.0)))
-    return jnp.stack(rows, axis=1) - jnp.asarray(np.log(plan.valid_fraction[plan.fit_weights > 0]))[None, :]
+    total = jnp.sum(jnp.exp(q[:, None, None] * log_sup[None]) * kept[None], axis=-1)
+    return jnp.log(total) - jnp.asarray(np.log(plan.valid_fraction[fitted]))[None, :]
+
+
+def _count_lines(maxima: jax.Array, child: jax.Array, plan: Plan) -> jax.Array:
+    """Distinct maxima lines: maxima that no maximum of the next coarser scale continues."""
+    size = maxima.size
+    continued = jnp.zeros(size, maxima.dtype).at[_pointers(child, plan)].max(1.0, mode="drop")
+    return jnp.sum(maxima * (1.0 - continued.reshape(maxima.shape))).astype(jnp.int32)
 
 
 def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     modulus = cwt_modulus(signal, plan)
     maxima = modulus_maxima(modulus, plan)
     child = link_maxima(modulus, maxima, plan)
-    sup = sup_along_lines(modulus, maxima, child)
+    sup = sup_along_lines(modulus, maxima, child, plan)
     fitted = plan.fit_weights > 0
     log_z = partition_function(sup, maxima, plan)
-    line_counts = jnp.sum(maxima[fitted], axis=-1, dtype=jnp.int32)
+    line_counts = jnp.sum(maxima[fitted], axis=-1).astype(jnp.int32)
     weights = jnp.asarray(plan.fit_weights[fitted]) * (line_counts > 0)
     valid = jnp.sum(weights > 0) >= 3
     q = jnp.asarray(plan.q)
@@ -276,12 +309,8 @@ def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     h_grid = jnp.asarray(plan.h_grid)
     spectrum = jnp.min(q[None, :] * h_grid[:, None] - tau[None, :], axis=1)
     width = (tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2])
-    continued = [jnp.zeros(plan.n, bool).at[jnp.where(child[j + 1] >= 0, child[j + 1], plan.n)].set(
-        True, mode="drop") for j in range(len(plan.scales) - 1)]
-    has_parent = jnp.stack([*continued, jnp.zeros(plan.n, bool)])
-    n_lines = jnp.sum(maxima & ~has_parent, dtype=jnp.int32)
     return WTMMResult(holder=holder, q=q, tau=tau, h_grid=h_grid, spectrum=spectrum, d_max=d_max,
-                      width=width, n_lines=n_lines, line_counts=line_counts,
+                      width=width, n_lines=_count_lines(maxima, child, plan), line_counts=line_counts,
                       fit_scales=jnp.asarray(plan.scales[fitted]), log_z=log_z, valid=valid)
 
 
@@ -308,5 +337,6 @@ def wtmm_skeleton(signal: jax.Array, config: PredictorConfig) -> WTMMSkeleton:
     modulus = cwt_modulus(signal, plan)
     maxima = modulus_maxima(modulus, plan)
     child = link_maxima(modulus, maxima, plan)
-    return WTMMSkeleton(scales=jnp.asarray(plan.scales), modulus=modulus, maxima=maxima, child=child,
-                        sup=sup_along_lines(modulus, maxima, child))
+    sup = sup_along_lines(modulus, maxima, child, plan)
+    return WTMMSkeleton(scales=jnp.asarray(plan.scales), modulus=modulus, maxima=maxima > 0,
+                        child=child.astype(jnp.int32), sup=sup)
