@@ -11,22 +11,30 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-NEWTON_ITERATIONS = 12
+NEWTON_ITERATIONS = 16
 
 
 def _mixture_cdf_pdf(x, weights, means, scales):
-    u = (x - means) / scales
-    cdf = jnp.sum(weights * ndtr(u))
-    pdf = jnp.sum(weights * jnp.exp(-0.5 * u * u) / (scales * jnp.sqrt(2.0 * jnp.pi)))
+    """CDF and density of the mixture at each point of x (shape [k]); components on the last axis."""
+    u = (x[:, None] - means[None, :]) / scales[None, :]
+    cdf = jnp.sum(weights[None, :] * ndtr(u), axis=-1)
+    density = weights / (scales * jnp.sqrt(2.0 * jnp.pi))
+    pdf = jnp.sum(density[None, :] * jnp.exp(-0.5 * u * u), axis=-1)
     return cdf, pdf
 
 
-def mixture_quantile(p: float, weights: jnp.ndarray, means: jnp.ndarray, scales: jnp.ndarray) -> jnp.ndarray:
-    """The p-quantile of Σ ρ_i N(m_i, s_i²) (scales > 0)."""
-    lo = jnp.min(means - 12.0 * scales)
-    hi = jnp.max(means + 12.0 * scales)
-    mean = jnp.dot(weights, means)
-    var = jnp.dot(weights, scales**2 + means**2) - mean**2
+def mixture_quantiles(ps: tuple[float, ...], weights: jnp.ndarray, means: jnp.ndarray,
+                      scales: jnp.ndarray) -> jnp.ndarray:
+    """The ps-quantiles of Σ ρ_i N(m_i, s_i²) (scales > 0), solved together (shape [len(ps)]).
+
+    Each lies between the smallest and the largest component quantile (below all of them every
+    F_i < p, above all of them every F_i > p), which brackets the safeguarded Newton iteration.
+    """
+    p = jnp.asarray(ps, dtype=jnp.float64)
+    component = means[None, :] + ndtri(p)[:, None] * scales[None, :]
+    lo, hi = jnp.min(component, axis=1), jnp.max(component, axis=1)
+    mean = jnp.sum(weights * means)
+    var = jnp.sum(weights * (scales**2 + means**2)) - mean**2
     x = jnp.clip(mean + ndtri(p) * jnp.sqrt(jnp.maximum(var, 0.0)), lo, hi)
     for _ in range(NEWTON_ITERATIONS):
         cdf, pdf = _mixture_cdf_pdf(x, weights, means, scales)
@@ -37,10 +45,14 @@ def mixture_quantile(p: float, weights: jnp.ndarray, means: jnp.ndarray, scales:
     return x
 
 
+def mixture_quantile(p: float, weights: jnp.ndarray, means: jnp.ndarray, scales: jnp.ndarray) -> jnp.ndarray:
+    """The p-quantile of the mixture (scalar)."""
+    return mixture_quantiles((p,), weights, means, scales)[0]
+
+
 def fuse(weights: jnp.ndarray, means: jnp.ndarray, scales: jnp.ndarray, level: float,
          interval_scale: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """(ŷ, lower, upper): weighted mean and the central ``level`` mixture interval."""
-    widened = scales * interval_scale
     tail = 0.5 * (1.0 - level)
-    return (jnp.dot(weights, means), mixture_quantile(tail, weights, means, widened),
-            mixture_quantile(1.0 - tail, weights, means, widened))
+    bounds = mixture_quantiles((tail, 1.0 - tail), weights, means, scales * interval_scale)
+    return jnp.sum(weights * means), bounds[0], bounds[1]

@@ -48,8 +48,7 @@ class Plan:
     valid_fraction: np.ndarray  # float64[S]
     reach: tuple[int, ...]      # reach[j]: largest |Δb| linking scale j to scale j − 1
     pad: int                    # largest reach: padding of the linking sparse table
-    levels: int                 # doubling passes of the linking sparse table
-    lookup: np.ndarray          # int[2, S − 1, n]: flat table indices of each window's two halves
+    level: tuple[int, ...]      # level[j]: sparse-table level covering the windows of link j + 1
     fit_weights: np.ndarray     # float64[S], regression weights (0 outside the scaling range)
     q: np.ndarray               # float64[Q]
     h_grid: np.ndarray          # float64[K]
@@ -83,30 +82,14 @@ def make_plan(n: int, config: PredictorConfig) -> Plan:
         raise ConfigError(f"[numerical] wtmm_coi_factor = {coi}: the cone of influence covers the whole "
                           f"{n}-sample buffer at scale {scales[-1]:.3g}; lower it or wtmm_max_scale_fraction")
     reach = (0, *(math.ceil(config.besov_cone_c * a - 1e-9) - 1 for a in scales[:-1]))
-    pad, levels, lookup = _link_table(n, reach[1:])
+    pad = max(reach)
+    level = tuple(int(math.floor(math.log2(2 * r + 1))) for r in reach[1:])
     fit_weights = np.where(fitted, (width / scales) ** config.wtmm_fit_weight_exponent, 0.0)
     q = np.linspace(config.wtmm_q_min, config.wtmm_q_max, config.wtmm_q_points)
     h_grid = np.linspace(config.wtmm_h_min, config.wtmm_h_max, config.wtmm_h_points)
     return Plan(n=n, scales=scales, filters=filters, valid=valid, valid_fraction=width / n, reach=reach,
-                pad=pad, levels=levels, lookup=lookup, fit_weights=fit_weights, q=q, h_grid=h_grid,
+                pad=pad, level=level, fit_weights=fit_weights, q=q, h_grid=h_grid,
                 threshold=config.wtmm_maxima_threshold)
-
-
-def _link_table(n: int, reach: tuple[int, ...]) -> tuple[int, int, np.ndarray]:
-    """Layout of the sparse table of :func:`link_maxima` (row j: windows of half-width reach[j]).
-
-    Level k holds the best of each run of 2^k padded positions; the window of half-width r
-    around b is the union of the runs of length 2^k (k = ⌊log2(2r + 1)⌋) starting at b + pad − r
-    and at b + pad + r + 1 − 2^k.
-    """
-    pad = max(reach)
-    width, rows = n + 2 * pad, len(reach)
-    levels = int(math.floor(math.log2(2 * pad + 1)))
-    r = np.asarray(reach)[:, None]
-    level = np.floor(np.log2(2 * r + 1)).astype(np.int64)
-    start = np.arange(n)[None, :] + pad - r
-    base = (level * rows + np.arange(rows)[:, None]) * width
-    return pad, levels, np.stack([base + start, base + start + 2 * r + 1 - 2 ** level])
 
 
 @pytree
@@ -144,53 +127,58 @@ def modulus_maxima(modulus: jax.Array, plan: Plan) -> jax.Array:
     return jnp.where(keep, valid, 0.0)
 
 
-def link_maxima(modulus: jax.Array, maxima: jax.Array, plan: Plan) -> jax.Array:
-    """float64[S, n]: coarse-to-fine links, all scales at once.
+def trace_lines(modulus: jax.Array, maxima: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array]:
+    """Link the maxima coarse to fine and carry the sup of |W| up each line.
 
     A maximum at scale j ≥ 1 continues the line of the largest maximum of scale j − 1 (the
-    leftmost on exact ties) inside the cone |Δb| < besov_cone_c · a_{j−1}; the entry is that
-    maximum's position, or −1 (no maximum in the cone: the line starts at scale j; or not a
-    maximum). The window maxima come from one sparse table over every scale: ``levels`` passes
-    of pairwise maxima, then two lookups per position at precomputed (static) offsets.
+    leftmost on exact ties) inside the cone |Δb| < besov_cone_c · a_{j−1}; without one, its line
+    starts at scale j. The window maxima come from a sparse table built for every scale at once
+    (level k: best of each run of 2^k positions; a window is the union of two runs), using only
+    static slices (gathers are slow on CPU); the sup then climbs the scales through the same
+    selections. Returns ``child`` (float64[S, n]: the linked position on the finer scale, −1 when
+    none or off the maxima) and ``sup`` (float64[S, n]: sup of |W| along the line from its
+    finest scale up to a_j, 0 off the maxima).
     """
+    n, pad = plan.n, plan.pad
     key = modulus[:-1] * maxima[:-1] + maxima[:-1] - 1.0  # −1 off the maxima of the finer scale
-    pad = plan.pad
     key = jnp.pad(key, ((0, 0), (pad, pad)), constant_values=-2.0)
-    where = jnp.broadcast_to(jnp.arange(-pad, plan.n + pad, dtype=modulus.dtype), key.shape)
-    keys, wheres = [key], [where]
-    for level in range(plan.levels):
+    where = jnp.broadcast_to(jnp.arange(-pad, n + pad, dtype=modulus.dtype), key.shape)
+    keys, wheres, picks = [key], [where], []
+    for level in range(max(plan.level)):
         step = 2 ** level
         right = key[:, step:] > key[:, :-step]
-        key = jnp.pad(jnp.where(right, key[:, step:], key[:, :-step]), ((0, 0), (0, step)),
-                      constant_values=-2.0)
-        where = jnp.pad(jnp.where(right, where[:, step:], where[:, :-step]), ((0, 0), (0, step)))
+        key = jnp.where(right, key[:, step:], key[:, :-step])
+        where = jnp.where(right, where[:, step:], where[:, :-step])
         keys.append(key)
         wheres.append(where)
-    keys, wheres = jnp.stack(keys).reshape(-1), jnp.stack(wheres).reshape(-1)
-    head, tail = jnp.asarray(plan.lookup[0]), jnp.asarray(plan.lookup[1])
-    take_tail = keys[tail] > keys[head]
-    best = jnp.where(take_tail, keys[tail], keys[head])
-    child = jnp.where(take_tail, wheres[tail], wheres[head])
-    child = jnp.where((best >= 0) & (maxima[1:] > 0), child, -1.0)
-    return jnp.concatenate([jnp.full((1, plan.n), -1.0), child])
+        picks.append(right)
+
+    rows = range(len(plan.scales) - 1)
+    heads = [_halves(keys[plan.level[j]][j], plan, j) for j in rows]
+    take_tail = jnp.stack([pair[1] > pair[0] for pair in heads])
+    best = jnp.stack([jnp.maximum(pair[0], pair[1]) for pair in heads])
+    linked = (best >= 0) & (maxima[1:] > 0)
+    positions = jnp.stack([_halves(wheres[plan.level[j]][j], plan, j) for j in rows])
+    positions = jnp.where(take_tail, positions[:, 1], positions[:, 0])
+    child = jnp.concatenate([jnp.full((1, n), -1.0), jnp.where(linked, positions, -1.0)])
+    sups = [modulus[0] * maxima[0]]
+    for j in rows:
+        payload = jnp.pad(sups[-1], (pad, pad))
+        for level in range(plan.level[j]):
+            step = 2 ** level
+            payload = jnp.where(picks[level][j], payload[step:], payload[:-step])
+        head, tail = _halves(payload, plan, j)
+        below = jnp.where(linked[j], jnp.where(take_tail[j], tail, head), 0.0)
+        sups.append(jnp.maximum(modulus[j + 1], below) * maxima[j + 1])
+    return child, jnp.stack(sups)
 
 
-def _pointers(child: jax.Array, plan: Plan) -> jax.Array:
-    """int32[S·n]: flat index of each node's child on the finer scale (S·n when none)."""
-    size = len(plan.scales) * plan.n
-    below = (jnp.arange(len(plan.scales))[:, None] - 1) * plan.n + child.astype(jnp.int32)
-    return jnp.where(child >= 0, below, size).reshape(-1)
-
-
-def sup_along_lines(modulus: jax.Array, maxima: jax.Array, child: jax.Array, plan: Plan) -> jax.Array:
-    """float64[S, n]: sup of |W| along each line from its finest scale up to a_j (0 off the
-    maxima), by pointer doubling down the links: ⌈log2 S⌉ rounds of gathers."""
-    value = jnp.concatenate([(modulus * maxima).reshape(-1), jnp.zeros(1)])
-    pointer = jnp.concatenate([_pointers(child, plan), jnp.full(1, value.size - 1, jnp.int32)])
-    for _ in range(math.ceil(math.log2(len(plan.scales)))):
-        value = jnp.maximum(value, value[pointer])
-        pointer = pointer[pointer]
-    return value[:-1].reshape(modulus.shape) * maxima
+def _halves(table: jax.Array, plan: Plan, row: int) -> jax.Array:
+    """The two runs of 2^k positions covering each window of link ``row`` in a level-k table row."""
+    reach, size = plan.reach[row + 1], 2 ** plan.level[row]
+    lo = plan.pad - reach
+    hi = lo + 2 * reach + 1 - size
+    return jnp.stack([table[lo:lo + plan.n], table[hi:hi + plan.n]])
 
 
 @pytree
@@ -285,18 +273,21 @@ def partition_function(sup: jax.Array, maxima: jax.Array, plan: Plan) -> jax.Arr
     return jnp.log(total) - jnp.asarray(np.log(plan.valid_fraction[fitted]))[None, :]
 
 
-def _count_lines(maxima: jax.Array, child: jax.Array, plan: Plan) -> jax.Array:
-    """Distinct maxima lines: maxima that no maximum of the next coarser scale continues."""
-    size = maxima.size
-    continued = jnp.zeros(size, maxima.dtype).at[_pointers(child, plan)].max(1.0, mode="drop")
-    return jnp.sum(maxima * (1.0 - continued.reshape(maxima.shape))).astype(jnp.int32)
+def _count_lines(maxima: jax.Array, child: jax.Array) -> jax.Array:
+    """Distinct maxima lines: the maxima of the coarsest scale, plus those of each finer scale
+    that no coarser maximum continues. Links never cross (the windows' best is monotone in b),
+    so the continued maxima of a scale are the distinct values among the coarser scale's links,
+    counted as the rises of the running maximum of those links."""
+    running = jax.lax.cummax(child[1:], axis=1)
+    rises = jnp.sum((child[1:] >= 0) & (child[1:] > jnp.concatenate(
+        [jnp.full((child.shape[0] - 1, 1), -1.0), running[:, :-1]], axis=1)))
+    return (jnp.sum(maxima) - rises).astype(jnp.int32)
 
 
 def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     modulus = cwt_modulus(signal, plan)
     maxima = modulus_maxima(modulus, plan)
-    child = link_maxima(modulus, maxima, plan)
-    sup = sup_along_lines(modulus, maxima, child, plan)
+    child, sup = trace_lines(modulus, maxima, plan)
     fitted = plan.fit_weights > 0
     log_z = partition_function(sup, maxima, plan)
     line_counts = jnp.sum(maxima[fitted], axis=-1).astype(jnp.int32)
@@ -310,7 +301,7 @@ def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     spectrum = jnp.min(q[None, :] * h_grid[:, None] - tau[None, :], axis=1)
     width = (tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2])
     return WTMMResult(holder=holder, q=q, tau=tau, h_grid=h_grid, spectrum=spectrum, d_max=d_max,
-                      width=width, n_lines=_count_lines(maxima, child, plan), line_counts=line_counts,
+                      width=width, n_lines=_count_lines(maxima, child), line_counts=line_counts,
                       fit_scales=jnp.asarray(plan.scales[fitted]), log_z=log_z, valid=valid)
 
 
@@ -336,7 +327,6 @@ def wtmm_skeleton(signal: jax.Array, config: PredictorConfig) -> WTMMSkeleton:
     plan = make_plan(int(signal.shape[-1]), config)
     modulus = cwt_modulus(signal, plan)
     maxima = modulus_maxima(modulus, plan)
-    child = link_maxima(modulus, maxima, plan)
-    sup = sup_along_lines(modulus, maxima, child, plan)
+    child, sup = trace_lines(modulus, maxima, plan)
     return WTMMSkeleton(scales=jnp.asarray(plan.scales), modulus=modulus, maxima=maxima > 0,
                         child=child.astype(jnp.int32), sup=sup)
