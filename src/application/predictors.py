@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -26,6 +27,7 @@ from ..domain._events import EventCode
 from ..ports import Clock
 from ..ports.state_store import StateStore, StoreEvent
 from . import persistence as _persistence
+from ._load_shedding import LoadSheddingController, LoadSheddingPolicy, depth_variants
 from .types import (
     ColumnarBatch,
     PredictionResult,
@@ -253,11 +255,37 @@ class UniversalPredictor:
     """
 
     def __init__(self, config: PredictorConfig | None = None, clock: Clock | None = None, *,
-                 kernels=None, plugin_manager=None) -> None:
+                 kernels=None, plugin_manager=None,
+                 load_shedding: LoadSheddingController | bool = False) -> None:
         self._functional = FunctionalPredictor(config, clock=clock, kernels=kernels,
                                                plugin_manager=plugin_manager)
         self.config = self._functional.config
         self._state = self._functional.init_state()
+        self._shedding: LoadSheddingController | None = None
+        self._variants: dict[int, FunctionalPredictor] = {}
+        if load_shedding:
+            self._enable_load_shedding(load_shedding)
+
+    # -- load shedding (spec §18–19) -------------------------------------------------------
+    def _enable_load_shedding(self, load_shedding: LoadSheddingController | bool) -> None:
+        """Compile one step per signature depth now (warm-up), so switching never compiles."""
+        if "D" not in self.kernel_names:
+            raise ValueError("load shedding switches kernel D's signature depth; enable kernel 'D'")
+        controller = (load_shedding if isinstance(load_shedding, LoadSheddingController) else
+                      LoadSheddingController(LoadSheddingPolicy(budget_ns=self.config.besov_nyquist_interval_ns)))
+        base = self._functional
+        for depth, config in depth_variants(self.config, controller.policy.depths).items():
+            variant = base if config == self.config else FunctionalPredictor(
+                config, clock=base.clock, kernels=base.kernels)
+            jax.block_until_ready(variant._step(self._state, 0.0, UNTIMED, 0))  # compile now
+            self._variants[depth] = variant
+        self._shedding = controller
+        self._functional = self._variants[controller.depth]
+
+    @property
+    def load_shedding(self) -> LoadSheddingController | None:
+        """The depth controller, when load shedding is on."""
+        return self._shedding
 
     @property
     def functional(self) -> FunctionalPredictor:
@@ -305,11 +333,19 @@ class UniversalPredictor:
     def step(self, obs: ProcessState) -> PredictionResult:
         """One prediction cycle with domain, TTL and Nyquist validation."""
         output, timestamp_ns = self.step_raw(obs)
-        return result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+        result = result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+        if self._shedding is not None:
+            telemetry = attrs.evolve(result.telemetry, load_shedding=self._shedding.figures().as_dict())
+            result = attrs.evolve(result, telemetry=telemetry)
+        return result
 
     def step_raw(self, obs: ProcessState) -> tuple[np.ndarray, int]:
         """Like :meth:`step`, returning the core's output vector (layout ``Out``) and timestamp."""
+        started = time.perf_counter_ns()
         self._state, output, timestamp_ns = self._functional.step_raw(self._state, obs)
+        if self._shedding is not None:
+            depth = self._shedding.record(time.perf_counter_ns() - started)
+            self._functional = self._variants[depth]
         bits = int(output[Out.EVENTS])
         if bits:
             self._report(bits, output, timestamp_ns)

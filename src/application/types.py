@@ -227,6 +227,8 @@ class Telemetry:
     mode_collapse_warning: bool
     frozen_signal: bool
     events: tuple[Event, ...]
+    #: signature depth and latency/jitter figures (ns) when load shedding is on, else None
+    load_shedding: Mapping[str, Any] | None = None
 
 
 @attrs.frozen

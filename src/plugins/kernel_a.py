@@ -57,7 +57,9 @@ def autocovariances(x: jax.Array, mask: jax.Array, order: int) -> tuple[jax.Arra
     """
     n = jnp.maximum(mask.sum(), 1.0)
     mean = (x * mask).sum() / n
-    centred = (x - mean) * mask
+    # Materialise the centred series once: otherwise XLA fuses the centring (and its mean
+    # reduction) into the lag gather below and recomputes it for every element.
+    centred = jax.lax.optimization_barrier((x - mean) * mask)
     size = x.shape[-1]
     padded = jnp.concatenate([jnp.zeros(order, x.dtype), centred])
     lagged = padded[order - np.arange(order + 1)[:, None] + np.arange(size)[None, :]]

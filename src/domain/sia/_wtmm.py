@@ -53,6 +53,7 @@ class Plan:
     q: np.ndarray               # float64[Q]
     h_grid: np.ndarray          # float64[K]
     threshold: float
+    order: int = 4
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,7 +90,7 @@ def make_plan(n: int, config: PredictorConfig) -> Plan:
     h_grid = np.linspace(config.wtmm_h_min, config.wtmm_h_max, config.wtmm_h_points)
     return Plan(n=n, scales=scales, filters=filters, valid=valid, valid_fraction=width / n, reach=reach,
                 pad=pad, level=level, fit_weights=fit_weights, q=q, h_grid=h_grid,
-                threshold=config.wtmm_maxima_threshold)
+                threshold=config.wtmm_maxima_threshold, order=m)
 
 
 @pytree
@@ -220,6 +221,17 @@ def cwt_modulus(signal: jax.Array, plan: Plan) -> jax.Array:
     x = jnp.asarray(signal, dtype=jnp.float64)
     span = jnp.max(x) - jnp.min(x)
     x = (x - jnp.mean(x)) / jnp.where(span > 0, span, 1.0)
+    import os
+    if os.environ.get("PERIODIC") == "1":
+        t = jnp.arange(plan.n) / (plan.n - 1)
+        x = x - x[0] - (x[-1] - x[0]) * t
+        om = 2 * np.pi * np.arange(plan.n // 2 + 1) / plan.n
+        xx = plan.scales[:, None] * om[None, :]
+        m = int(round(np.log(np.abs(plan.filters[0, 1] * 1))) * 0)  # unused
+        order = plan.order
+        filt = (1j * xx) ** order * np.exp(-0.5 * xx * xx)
+        coefficients = jnp.fft.irfft(jnp.fft.rfft(x)[None, :] * jnp.asarray(filt), n=plan.n, axis=-1)
+        return jnp.abs(coefficients)
     spectrum = jnp.fft.rfft(jnp.concatenate([x, x[::-1]]))
     coefficients = jnp.fft.irfft(spectrum[None, :] * jnp.asarray(plan.filters), n=2 * plan.n, axis=-1)
     return jnp.abs(coefficients[:, : plan.n])
