@@ -17,6 +17,7 @@ Prints a table and writes ``benchmarks/results/persistence.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -63,6 +64,8 @@ def bench_ticks(ticks: int, warmup: int, folder: Path, rounds: int = 8) -> dict:
 
     for _ in range(warmup):
         tick()
+    gc.collect()
+    gc.freeze()  # as a long-running service would: startup objects (JAX, boto3, moto) leave the GC's scans
     path = folder / "ticks"
     p.save_snapshot_nonblocking(path).result()  # the writer's threads exist before measuring
     plain, snap, submit, futures = [], [], [], []
@@ -93,6 +96,7 @@ def bench_ticks(ticks: int, warmup: int, folder: Path, rounds: int = 8) -> dict:
             "with_nonblocking_snapshot_every_tick": latency_stats(snap),
             "submit_call": latency_stats(submit), "snapshots_requested": len(snap),
             "snapshots_written": len(writes), "synchronous_save_snapshot": latency_stats(sync),
+            "kernels": list(p.kernel_names),
             "bytes_per_asset": len(encode_snapshot(state_to_payload(p.config, p.kernel_names, p.state))),
             "state_bytes": int(sum(b.nbytes for b in pytree_to_blocks(p.state).values()))}
 
@@ -134,7 +138,7 @@ def main() -> None:
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                  "platform": platform.platform(), "load_average_at_start": os.getloadavg()},
                      "config": "PredictorConfig() defaults"}
-    with tempfile.TemporaryDirectory(prefix="usp-bench-", dir=ROOT / "benchmarks") as root:
+    with tempfile.TemporaryDirectory(prefix="usp-bench-") as root:  # outside the repository
         results["ticks"] = bench_ticks(args.ticks, args.warmup, Path(root))
 
         fp = FunctionalPredictor(PredictorConfig())
@@ -152,8 +156,8 @@ def main() -> None:
     results["stores"] = stores
 
     t = results["ticks"]
-    print(f"snapshot bytes per asset (default config, kernel A): {t['bytes_per_asset']} "
-          f"(state arrays {t['state_bytes']} B)")
+    print(f"snapshot bytes per asset (default config, kernels {'+'.join(t['kernels'])}): "
+          f"{t['bytes_per_asset']} (state arrays {t['state_bytes']} B)")
     print(f"{'tick latency µs':<40} {'p50':>8} {'p99':>8} {'p99.9':>8} {'worst':>9}")
     for label, key in (("no snapshots", "without_snapshots"),
                        ("non-blocking snapshot every tick", "with_nonblocking_snapshot_every_tick"),

@@ -41,4 +41,4 @@ def test_depth_follows_latency_without_recompiling():
 
 def test_load_shedding_needs_kernel_d():
     with pytest.raises(ValueError, match="kernel 'D'"):
-        UniversalPredictor(PredictorConfig(), load_shedding=True)
+        UniversalPredictor(PredictorConfig(enabled_kernels=("A",)), load_shedding=True)

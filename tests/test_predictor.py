@@ -36,7 +36,7 @@ from .helpers import random_walk
 from .plugins import martingale_kernel
 
 SMALL = PredictorConfig(window_size=64, wtmm_buffer_size=64, kurtosis_window=32, kernel_a_order=4,
-                        enabled_kernels=("A", "M"))
+                        enabled_kernels=("A", "D", "M"))
 MS = 1_000_000
 T0 = 1_800_000_000_000_000_000
 
@@ -223,7 +223,7 @@ def test_step_batch_equals_single_steps(functional):
                         strict=True):
             np.testing.assert_allclose(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
                                        rtol=0, atol=1e-12)
-    assert out[0].telemetry.kernel_names == ("A", "M")
+    assert out[0].telemetry.kernel_names == ("A", "D", "M")
 
 
 def test_no_retrace_for_repeated_batch_size_or_steps(functional):

@@ -126,7 +126,7 @@ class PredictorConfig:
     entropy_scaling_trigger: float = _key(2.0, "orchestrator", "Entropy ratio that triggers "
                                           "architecture rescaling of kernel B.", lo=1.0, hi=100.0)
     # [kernels] ---------------------------------------------------------------------------
-    enabled_kernels: tuple[str, ...] = _key(("A",), "kernels", "Kernels mixed by the orchestrator, "
+    enabled_kernels: tuple[str, ...] = _key(("A", "D"), "kernels", "Kernels mixed by the orchestrator, "
                                             "by registered name (see `usp kernels list`).")
     window_size: int = _key(256, "kernels", "Length of the signal window every kernel sees.",
                             lo=16, hi=65_536, unit="samples")

@@ -28,7 +28,7 @@ from ._kernel import KernelSpec, Window
 from ._pytree import pytree
 from ._roughness import breaker_step, structure_function_holder
 from ._stats import MAGNITUDE_LIMIT, VARIANCE_FLOOR, ema_update
-from ._transport import SinkhornResult, free_energy, jko_step, sinkhorn_log, transport_cost
+from ._transport import LOG_WEIGHT_FLOOR, SinkhornResult, free_energy, jko_step, sinkhorn_log, transport_cost
 
 #: Sinkhorn is flagged ill-conditioned below this ε (model.md §5).
 EPSILON_WARNING = 1e-4
@@ -212,7 +212,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         window_energy = entropy_window * energies
         moved = jko_step(state.log_weights, window_energy, sink.f, epsilon, tau, config.jko_mirror_step)
         forced = emergency & config.robustness_force_kernel_d & (d_index >= 0)
-        one_hot = jnp.where(jnp.arange(n) == d_index, 0.0, -jnp.inf) if d_index >= 0 else moved
+        one_hot = (jnp.where(jnp.arange(n) == d_index, 0.0, LOG_WEIGHT_FLOOR) if d_index >= 0 else moved)
         freeze_weights = degraded | stale | sparse | ~has_prev
         log_weights = jnp.where(freeze_weights, state.log_weights, moved)
         log_weights = jnp.where(forced, one_hot, log_weights)

@@ -64,7 +64,10 @@ def sinkhorn_log(log_a: jnp.ndarray, log_b: jnp.ndarray, cost: jnp.ndarray, epsi
         return epsilon * log_b - epsilon * logsumexp((f[:, None] - cost) / epsilon, axis=0)
 
     def row_error(f, f_next):
-        return jnp.sum(jnp.exp(log_a) * jnp.abs(jnp.expm1((f - f_next) / epsilon)))
+        # row marginal a_i exp((f_i − f⁺_i)/ε), formed in the log domain: a weight that
+        # underflows to 0 must not meet an overflowing exponential (0 · inf)
+        row = jnp.exp(jnp.minimum(log_a + (f - f_next) / epsilon, 700.0))
+        return jnp.sum(jnp.abs(row - jnp.exp(log_a)))
 
     def cond(carry):
         i, _, _, _, error = carry
