@@ -13,6 +13,9 @@ Tests replace a provider with ``container.state_store.override(providers.Object(
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dependency_injector import containers, providers
 
 from .adapters.stores import FileStore, MemoryStore, RedisStore, S3Store
@@ -36,3 +39,15 @@ class Container(containers.DeclarativeContainer):
                                endpoint_url=config.storage.endpoint_url, region_name=config.storage.region,
                                keep=config.storage.keep, on_event=store_events),
     )
+
+
+def store_for_config(config: Any, on_event: Callable[[Any], None] | None = None) -> Any:
+    """The state store that ``config.storage_kind`` selects (``[io]`` of config.toml).
+
+    The file store is rooted at ``config.snapshot_path``; Redis and S3 take their connection
+    settings from the environment (``USP_REDIS_*``, ``USP_S3_*``; docs/persistence.md).
+    """
+    container = Container()
+    container.config.from_dict({"storage": {"kind": config.storage_kind, "path": config.snapshot_path}})
+    container.store_events.override(providers.Object(on_event))
+    return container.state_store()

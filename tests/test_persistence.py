@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import attrs
 import jax
@@ -367,3 +368,17 @@ def test_default_store_is_a_file_store_under_the_snapshot_path(tmp_path):
     store = FileStore(tmp_path / "snaps", on_event=p.record_storage_event)
     blob = store.load("ETH")
     assert blob is not None and blob[-64:].decode() == receipt.digest and len(blob) == receipt.size_bytes
+
+
+def test_storage_kind_in_config_selects_the_store_through_the_container(tmp_path, monkeypatch):
+    from usp.adapters.stores import MemoryStore as Memory
+    from usp.container import store_for_config
+
+    memory_config = attrs.evolve(CONFIG, storage_kind="memory")
+    assert isinstance(store_for_config(memory_config), Memory)
+    p = predictor(memory_config)
+    run(p, stream(70), 0)
+    receipt = p.save_snapshot("asset-1")
+    assert receipt.key == "asset-1"
+    assert p.load_snapshot("asset-1") is True
+    assert not (Path(CONFIG.snapshot_path) / "asset-1").exists()  # nothing went to the file store

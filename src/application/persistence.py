@@ -327,6 +327,7 @@ class PredictorSnapshots:
         self.events: collections.deque[StoreEvent] = collections.deque(maxlen=STORAGE_EVENT_HISTORY)
         self._lock = threading.Lock()
         self._file_stores: dict[str, StateStore] = {}
+        self._configured: StateStore | None = None  # the store of [io] storage_kind, when not "file"
         self._writer: _SnapshotWriter | None = None
 
     # -- events -----------------------------------------------------------------------------
@@ -361,6 +362,13 @@ class PredictorSnapshots:
             root, key = str(Path(text).parent), Path(text).name
         else:
             root, key = self._predictor.config.snapshot_path, text
+            if self._predictor.config.storage_kind != "file":
+                with self._lock:
+                    if self._configured is None:
+                        from ..container import store_for_config  # the container picks the adapter
+
+                        self._configured = store_for_config(self._predictor.config, on_event=self.record)
+                    return self._configured, key
         with self._lock:
             if root not in self._file_stores:
                 from ..adapters.stores import FileStore  # the default adapter, as for the clock

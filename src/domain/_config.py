@@ -195,6 +195,9 @@ class PredictorConfig:
     # [io] --------------------------------------------------------------------------------
     snapshot_path: str = _key("snapshots", "io", "Directory (or key prefix) of state snapshots.",
                               locked=True)
+    storage_kind: str = _key("file", "io", "State store used for snapshots named by a bare key: file "
+                             "(under snapshot_path), memory, redis or s3 (connection settings from "
+                             "the environment).", choices=("file", "memory", "redis", "s3"))
     telemetry_buffer_maxlen: int = _key(1024, "io", "Bound of the telemetry queue.", lo=1,
                                         hi=10_000_000, locked=True)
     credentials_vault_path: str = _key(".env", "io", "File of secrets read into the environment "
