@@ -22,7 +22,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import psutil
-
 from usp import ColumnarBatch, FunctionalPredictor, PredictorConfig, ProcessState, UniversalPredictor
 from usp.adapters.clocks import ReplayClock
 
@@ -115,7 +114,8 @@ def memory_over_ticks(config: PredictorConfig, ticks: int) -> dict:
         if (i + 1) % (ticks // 10) == 0:
             samples[i + 1] = rss_mb()
     marks = sorted(samples)
-    return {"ticks": ticks, "rss_mb": samples, "growth_mb_second_half": samples[marks[-1]] - samples[marks[len(marks) // 2 - 1]]}
+    growth = samples[marks[-1]] - samples[marks[len(marks) // 2 - 1]]
+    return {"ticks": ticks, "rss_mb": samples, "growth_mb_second_half": growth}
 
 
 def state_bytes(config: PredictorConfig) -> int:

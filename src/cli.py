@@ -58,7 +58,7 @@ def read_observations(path: Path, sampling_interval_s: float) -> Iterator[tuple[
     A header row is recognised when its value field is not a number. Without a timestamp
     column, ticks are spaced by ``signal_sampling_interval`` seconds from the epoch.
     """
-    step_ns = int(round(sampling_interval_s * 1e9))
+    step_ns = round(sampling_interval_s * 1e9)
     with path.open(newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)
         index = 0

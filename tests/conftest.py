@@ -7,10 +7,9 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
 
-import jax  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-import usp  # noqa: E402,F401  (applies x64 and the compilation cache)
+import jax
+import usp  # noqa: F401  (applies x64 and the compilation cache)
+from hypothesis import HealthCheck, settings
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from usp.cli import main, read_observations
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from usp import ConfigError, PredictorConfig, load_config
 from usp.cli import default_config_toml
 from usp.domain._config import FIELDS, SECTIONS, config_from_sections, config_to_sections

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from usp import PredictorConfig
 from usp.domain._cusum import monitor_init, monitor_step
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
-
 from usp import ConfigError, FunctionalPredictor, PredictorConfig
 from usp.domain._core import Out
 from usp.plugins.manager import available_kernels, build_plugin_manager, resolve_kernels
@@ -51,7 +50,7 @@ def test_unknown_kernel_is_a_config_error():
 
 def test_extra_kernel_takes_part_in_the_ensemble(ensemble):
     series = random_walk(1500, seed=3)
-    state, outputs = ensemble._scan(ensemble.init_state(), series)
+    _, outputs = ensemble._scan(ensemble.init_state(), series)
     outputs = np.asarray(outputs)
     weights = outputs[:, Out.SIZE:Out.SIZE + 2]
     assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-10)

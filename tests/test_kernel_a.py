@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from usp import PredictorConfig, Window
 from usp.plugins import kernel_a
 

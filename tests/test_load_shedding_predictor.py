@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from usp import PredictorConfig, ProcessState, UniversalPredictor
 from usp.adapters.clocks import ReplayClock
 from usp.application._load_shedding import LoadSheddingController, LoadSheddingPolicy

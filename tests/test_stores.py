@@ -13,7 +13,6 @@ import redis
 from dependency_injector import providers
 from hypothesis import given
 from hypothesis import strategies as st
-from .services import redis_server, redis_url, s3_client, s3_endpoint
 from usp.adapters.stores import FileStore, MemoryStore, RedisStore, S3Store
 from usp.application.snapshot import decode_snapshot, encode_snapshot
 from usp.container import Container
@@ -29,6 +28,8 @@ from usp.ports.state_store import (
     seal,
     verify_blob,
 )
+
+from .services import redis_server, redis_url, s3_client, s3_endpoint
 
 __all__ = ["redis_url", "s3_endpoint"]  # session fixtures used below
 

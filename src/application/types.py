@@ -95,12 +95,13 @@ class OperatingMode:
     INFERENCE = 0
     CALIBRATION = 1
     DIAGNOSTIC = 2
-    _NAMES = {0: "inference", 1: "calibration", 2: "diagnostic"}
-
     @staticmethod
     def to_string(mode: int) -> str:
-        """Host-side conversion of the int32 mode to its API string."""
-        return OperatingMode._NAMES.get(int(mode), "inference")
+        """Host-side conversion of the int32 mode to its API string (unknown codes: inference)."""
+        return _MODE_NAMES.get(int(mode), "inference")
+
+
+_MODE_NAMES: Mapping[int, str] = {0: "inference", 1: "calibration", 2: "diagnostic"}
 
 
 # --- events ---------------------------------------------------------------------------------

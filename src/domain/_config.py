@@ -179,7 +179,7 @@ class PredictorConfig:
                                            "squares.", lo=0.0, hi=4.0)
     wtmm_coi_factor: float = _key(1.0, "numerical", "Cone of influence: maxima closer than this many "
                                   "scales to either end of the buffer are ignored.", lo=0.0, hi=10.0)
-    wtmm_maxima_threshold: float = _key(1e-3, "numerical", "Relative threshold: a modulus maximum "
+    wtmm_maxima_threshold: float = _key(1e-8, "numerical", "Relative threshold: a modulus maximum "
                                         "counts only above this fraction of its scale's largest "
                                         "modulus.", lo=0.0, hi=0.5)
     wtmm_q_min: float = _key(-5.0, "numerical", "Smallest moment q of the partition function (< 0).",

@@ -28,7 +28,7 @@ from ._kernel import KernelSpec, Window
 from ._pytree import pytree
 from ._roughness import breaker_step, structure_function_holder
 from ._stats import MAGNITUDE_LIMIT, VARIANCE_FLOOR, ema_update
-from ._transport import LOG_WEIGHT_FLOOR, SinkhornResult, free_energy, jko_step, sinkhorn_log, transport_cost
+from ._transport import LOG_WEIGHT_FLOOR, free_energy, jko_step, sinkhorn_log, transport_cost
 
 #: Sinkhorn is flagged ill-conditioned below this ε (model.md §5).
 EPSILON_WARNING = 1e-4

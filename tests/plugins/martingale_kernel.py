@@ -7,7 +7,6 @@ of its own one-step errors (EMA). Registered through the ``usp`` hook like any p
 from __future__ import annotations
 
 import jax.numpy as jnp
-
 from usp import KernelForecast, KernelSpec
 from usp.domain._pytree import pytree
 from usp.plugins.hookspecs import hookimpl
