@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from usp.domain import ConfigError, PredictorConfig
-from usp.domain.sia import REGULAR_HOLDER, holder_exponent, wtmm, wtmm_skeleton
+from usp.domain.sia import REGULAR_HOLDER, holder_exponent, koopman_spectrum, paley_wiener, wtmm, wtmm_skeleton
 from usp.domain.sia._wtmm import legendre_argmax, make_plan
 
 from .fbm import binomial_cascade, cascade_tau, fbm, fbm_cholesky, fbm_covariance, fgn_autocovariance
@@ -238,3 +238,26 @@ def test_online_buffer_separates_random_walks_from_rough_paths():
     estimates = np.asarray(jax.vmap(jax.vmap(lambda x: holder_exponent(x, CONFIG)))(jnp.asarray(windows)))
     assert 0.42 < estimates[0].mean() < 0.6 and np.mean(estimates[0] > 0.4) > 0.75
     assert estimates[1].mean() < 0.3 and np.mean(estimates[1] < 0.4) > 0.95
+
+
+def test_koopman_modes_find_the_oscillations_and_their_energy():
+    t = np.arange(128.0)
+    signal = 2.0 * np.sin(2 * np.pi * 0.05 * t) + 0.5 * np.cos(2 * np.pi * 0.17 * t + 0.3)
+    batch = jnp.asarray(np.stack([signal, np.zeros(128)]))
+    spectra = jax.tree_util.tree_map(np.asarray, jax.vmap(lambda x: koopman_spectrum(x, CONFIG))(batch))
+    frequency, power = spectra.frequency[0], spectra.power[0]
+    np.testing.assert_allclose(np.sort(np.abs(frequency[:4])), [0.05, 0.05, 0.17, 0.17], atol=1e-6)
+    np.testing.assert_allclose(spectra.growth[0][:4], 0.0, atol=1e-6)  # undamped
+    assert power[0] + power[1] == pytest.approx(16 / 17, abs=0.02)  # amplitude² shares 4 : 0.25
+    assert np.all(np.diff(power) <= 1e-15) and np.all(spectra.kept[0][:4])
+    assert not np.any(spectra.kept[1]) and np.all(spectra.power[1] == 0)  # a flat buffer has no modes
+
+
+def test_paley_wiener_integral_flags_a_frozen_signal():
+    walk = np.cumsum(np.random.default_rng(0).standard_normal(128))
+    batch = jnp.asarray(np.stack([walk, 1e-6 * walk + 3.0, np.full(128, 3.0)]))
+    result = jax.tree_util.tree_map(np.asarray, jax.vmap(lambda x: paley_wiener(x, CONFIG))(batch))
+    # White increments of unit variance: log f ≈ −log 2π, so the integral is ≈ 2·1.84·atan(π) ≈ 4.6.
+    assert result.integral[0] == pytest.approx(2 * np.log(2 * np.pi) * np.arctan(np.pi), rel=0.3)
+    assert result.integral[1] == pytest.approx(result.integral[0], rel=1e-9)  # free of the units
+    assert result.regular[0] and not result.regular[2] and np.isinf(result.integral[2])

@@ -121,7 +121,7 @@ class PredictorConfig:
                                            "kernel D when it is enabled.")
     robustness_hysteresis_margin: float = _key(0.1, "orchestrator", "Hysteresis margin of the "
                                                "circuit breaker (in units of H).", lo=0.0, hi=1.0)
-    holder_smoothing: float = _key(0.05, "orchestrator", "EMA weight of the smoothed Hölder "
+    holder_smoothing: float = _key(0.01, "orchestrator", "EMA weight of the smoothed Hölder "
                                    "estimate that drives the circuit breaker.", lo=1e-4, hi=1.0)
     entropy_scaling_trigger: float = _key(2.0, "orchestrator", "Entropy ratio that triggers "
                                           "architecture rescaling of kernel B.", lo=1.0, hi=100.0)
@@ -165,7 +165,7 @@ class PredictorConfig:
     wtmm_wavelet_order: int = _key(4, "numerical", "WTMM wavelet: derivative order m of the Gaussian "
                                    "(m vanishing moments; m ≥ 2 also cancels linear trends).",
                                    choices=(1, 2, 3, 4))
-    wtmm_voices_per_octave: int = _key(4, "numerical", "WTMM scale density v: scales a_j = a_min·2^(j/v).",
+    wtmm_voices_per_octave: int = _key(2, "numerical", "WTMM scale density v: scales a_j = 2^(j/v).",
                                        lo=1, hi=32)
     wtmm_min_scale: float = _key(1.0, "numerical", "Finest WTMM scale a_min (where maxima lines "
                                  "start).", lo=0.5, hi=1024.0, unit="samples")
