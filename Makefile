@@ -20,6 +20,7 @@ bench: $(STAMP)  ## print the benchmark tables and write benchmarks/results/*.js
 	$(PY) benchmarks/bench_signature.py
 	$(PY) benchmarks/bench_wtmm.py
 	$(PY) benchmarks/bench_snapshot.py
+	$(PY) benchmarks/bench_persistence.py
 
 install: $(STAMP)
 
