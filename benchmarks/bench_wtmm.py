@@ -9,7 +9,7 @@
   relative error on 4096-point fBm (the acceptance figure);
 * online: 128-sample windows sliding one tick at a time along Gaussian random walks and along
   fBm with H = 0.2 — raw estimates, EMA-smoothed estimates (several weights), and the share of
-  time a circuit breaker with hysteresis (enter below 0.4, leave above 0.5) would be on.
+  time a circuit breaker with hysteresis (on below 0.4, off above 0.4 + margin) would be on.
 
 Prints tables and writes ``benchmarks/results/wtmm.json``.
 
@@ -127,11 +127,12 @@ def breaker_time(smoothed: np.ndarray, enter: float, leave: float) -> float:
 def bench_online(config: PredictorConfig, ticks: int, repeats: int) -> dict:
     estimate = jax.jit(jax.vmap(lambda x: holder_exponent(x, config)))
     enter = config.holder_threshold
-    leave = enter + config.robustness_hysteresis_margin
+    margins = (config.robustness_hysteresis_margin, 0.05, 0.0)
     out = {}
     for label, h in (("random_walk", 0.5), ("fbm_0.2", 0.2)):
         raw_all, rows = [], {}
-        smooth = {alpha: [] for alpha in (config.holder_smoothing, 0.02, 0.01)}
+        smooth = {alpha: [] for alpha in sorted({config.holder_smoothing, 0.05, 0.02, 0.01, 0.005},
+                                                reverse=True)}
         for r in range(repeats):
             rng = np.random.default_rng(77 + r)
             path = (np.cumsum(rng.standard_normal(ticks + 127)) if label == "random_walk"
@@ -149,10 +150,12 @@ def bench_online(config: PredictorConfig, ticks: int, repeats: int) -> dict:
             values = np.concatenate(parts)
             rows[str(alpha)] = {"mean": float(values.mean()), "std": float(values.std()),
                                 "share_below_threshold": float(np.mean(values < enter)),
-                                "breaker_on_share": float(np.mean([breaker_time(p, enter, leave) for p in parts]))}
+                                "breaker_on_share_by_margin": {
+                                    str(m): float(np.mean([breaker_time(p, enter, enter + m) for p in parts]))
+                                    for m in margins}}
         out[label] = {"raw_mean": float(raw.mean()), "raw_std": float(raw.std()),
                       "raw_share_below_threshold": float(np.mean(raw < enter)), "smoothed": rows}
-    out.update({"ticks_per_path": ticks, "paths": repeats, "enter_below": enter, "leave_above": leave})
+    out.update({"ticks_per_path": ticks, "paths": repeats, "enter_below": enter, "margins": list(margins)})
     return out
 
 
@@ -187,15 +190,16 @@ def main() -> None:
               f"{row['dfa_std']:8.3f}")
     print("\n4096-point fBm, 20 seeds: " + ", ".join(
         f"H={row['H']}: rel. error {100 * row['mean_relative_error']:.1f}%" for row in accuracy["n4096"]))
-    print(f"\nonline 128-sample buffer ({args.repeats} × {args.ticks} ticks; breaker: on below "
-          f"{online['enter_below']}, off above {online['leave_above']})")
+    print(f"\nonline 128-sample buffer ({args.repeats} × {args.ticks} ticks; breaker on below "
+          f"{online['enter_below']}, off above {online['enter_below']} + margin, margins {online['margins']})")
     for label in ("random_walk", "fbm_0.2"):
         part = online[label]
         print(f"{label:12s} raw {part['raw_mean']:.3f} ± {part['raw_std']:.3f} "
               f"(below {online['enter_below']}: {100 * part['raw_share_below_threshold']:.0f}%)")
         for alpha, row in part["smoothed"].items():
+            shares = " / ".join(f"{100 * v:4.1f}%" for v in row["breaker_on_share_by_margin"].values())
             print(f"{'':12s} EMA α={alpha:<5s} {row['mean']:.3f} ± {row['std']:.3f}  below: "
-                  f"{100 * row['share_below_threshold']:4.1f}%  breaker on: {100 * row['breaker_on_share']:4.1f}%")
+                  f"{100 * row['share_below_threshold']:5.1f}%  breaker on: {shares}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from usp import FunctionalPredictor, PredictorConfig
 from usp.domain._core import Out
 from usp.domain._fusion import mixture_quantile
-from usp.domain._transport import jko_step, sinkhorn_log, transport_cost
+from usp.domain._transport import jko_step, sinkhorn_log, sinkhorn_symmetric, transport_cost
 from usp.plugins.manager import build_plugin_manager
 
 from .helpers import ar2
@@ -54,15 +54,20 @@ def test_sinkhorn_reports_its_marginal_error_honestly(n, seed, epsilon):
         assert bool(result.converged)
 
 
-def test_sinkhorn_self_transport_converges_from_a_warm_start():
-    """The orchestrator's problem, OT(ρ, ρ) at ε = 1e-3, converges when warm-started."""
-    rng = np.random.default_rng(3)
-    log_a = jnp.log(jnp.asarray(rng.dirichlet(np.ones(4))))
-    means = rng.normal(size=4)  # kernel forecasts (standardised): C_ij = (m_i − m_j)², zero diagonal
+@given(st.integers(2, 6), st.integers(0, 10_000), st.sampled_from([1e-3, 1e-2, 0.1, 1.0]))
+def test_symmetric_sinkhorn_solves_self_transport(n, seed, epsilon):
+    """The orchestrator's problem OT(ρ, ρ): converges from a cold start, even for near-ties."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(n) * 0.5)
+    means = rng.normal(size=n)
+    means[-1] = means[0] + 1e-3 * rng.normal()  # two kernels that almost agree: the slow case
     cost = transport_cost(jnp.asarray(means[:, None] - means[None, :]), False, 1.0)
-    cold = sinkhorn_log(log_a, log_a, cost, 1e-3, jnp.zeros(4), jnp.zeros(4), 30, 1e-9)
-    warm = sinkhorn_log(log_a, log_a, cost, 1e-3, cold.f, cold.g, 30, 1e-9)
-    assert bool(warm.converged) and float(warm.error) < 1e-9
+    result = sinkhorn_symmetric(jnp.log(jnp.asarray(weights)), cost, epsilon, jnp.zeros(n), 60, 1e-9)
+    f = np.asarray(result.f)
+    plan = np.exp((f[:, None] + f[None, :] - np.asarray(cost)) / epsilon)
+    assert bool(result.converged)
+    np.testing.assert_allclose(plan.sum(axis=1), weights, atol=1e-8)
+    np.testing.assert_allclose(plan.sum(axis=0), weights, atol=1e-8)
 
 
 def test_lower_energy_gains_weight_and_huge_epsilon_stays_uniform():

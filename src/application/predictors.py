@@ -364,7 +364,8 @@ class UniversalPredictor:
                           f"{self.config.besov_nyquist_interval_ns}: roughness may alias",
                           FrequencyWarning, stacklevel=3)
         if bits & EventCode.REGIME_CHANGED:
-            logger.info("regime change at %d ns (CUSUM %.3g)", timestamp_ns, output[Out.THRESHOLD])
+            logger.info("regime change at %d ns (CUSUM %.3g, threshold %.3g)", timestamp_ns, output[Out.CUSUM],
+                        output[Out.THRESHOLD])
         if bits & EventCode.CRITICAL_SINGULARITY:
             logger.info("emergency mode: Hölder exponent %.3f", output[Out.HOLDER])
 

@@ -28,7 +28,14 @@ from ._kernel import KernelSpec, Window
 from ._pytree import pytree
 from ._roughness import breaker_step, structure_function_holder
 from ._stats import MAGNITUDE_LIMIT, VARIANCE_FLOOR, ema_update
-from ._transport import LOG_WEIGHT_FLOOR, free_energy, jko_step, sinkhorn_log, transport_cost
+from ._transport import (
+    LOG_WEIGHT_FLOOR,
+    SinkhornResult,
+    free_energy,
+    jko_step,
+    sinkhorn_symmetric,
+    transport_cost,
+)
 
 #: Sinkhorn is flagged ill-conditioned below this ε (model.md §5).
 EPSILON_WARNING = 1e-4
@@ -206,8 +213,11 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
                                       config.learning_rate_safety_factor * 2.0 * epsilon * vol_ratio**2))
         cost = _standardised_loss(state.kernel_means[:, None] - state.kernel_means[None, :], sigma_post,
                                   huber, config.sinkhorn_huber_delta)
-        sink = sinkhorn_log(state.log_weights, state.log_weights, cost, epsilon, state.dual_f,
-                            state.dual_g, config.sinkhorn_max_iter, config.sinkhorn_tolerance)
+        if n > 1:
+            sink = sinkhorn_symmetric(state.log_weights, cost, epsilon, state.dual_f,
+                                      config.sinkhorn_max_iter, config.sinkhorn_tolerance)
+        else:  # one kernel: the plan is the point mass and f = ε log 1 / 2 = 0
+            sink = SinkhornResult(jnp.zeros(1), jnp.zeros(1), jnp.float64(0.0), jnp.bool_(True))
         # Energy of a kernel: its standardised loss summed over the entropy window (n_e × EMA mean).
         window_energy = entropy_window * energies
         moved = jko_step(state.log_weights, window_energy, sink.f, epsilon, tau, config.jko_mirror_step)
