@@ -96,6 +96,40 @@ def make_plan(n: int, config: PredictorConfig) -> Plan:
 
 
 @pytree
+class WTMMResult:
+    """Multifractal analysis of one buffer (leading batch axes when vmapped).
+
+    Attributes:
+        holder: float64 scalar, the h maximising D(h) (``REGULAR_HOLDER`` when not ``valid``).
+        q: float64[Q], the moments.
+        tau: float64[Q], the scaling function τ(q) (≈ qH − 1 for a monofractal).
+        h_grid: float64[K], where the spectrum is evaluated.
+        spectrum: float64[K], D(h) = min_q (q h − τ(q)) on ``h_grid``.
+        d_max: float64 scalar, max_h D(h) (= −τ(0), ≈ 1 when the lines fill the buffer).
+        width: float64 scalar, spectrum width: τ'(q_min) − τ'(q_max) from the end chords of τ
+            (0 for a monofractal).
+        n_lines: int32 scalar, number of distinct maxima lines in the skeleton.
+        line_counts: int32[S], lines counted in Z at each scale of the scaling range.
+        fit_scales: float64[S], the scales of the scaling range (samples).
+        log_z: float64[Q, S], normalised log Z(q, a) on them (−inf where a scale holds no line).
+        valid: bool scalar, at least three scales of the scaling range hold lines.
+    """
+
+    holder: jax.Array
+    q: jax.Array
+    tau: jax.Array
+    h_grid: jax.Array
+    spectrum: jax.Array
+    d_max: jax.Array
+    width: jax.Array
+    n_lines: jax.Array
+    line_counts: jax.Array
+    fit_scales: jax.Array
+    log_z: jax.Array
+    valid: jax.Array
+
+
+@pytree
 class WTMMSkeleton:
     """The maxima lines of one buffer (debug view; leading batch axes when vmapped).
 
@@ -119,6 +153,19 @@ class WTMMSkeleton:
 _FLOOR = 1e-10
 # Relative size under which the detrended buffer counts as a straight line.
 _ROUND_OFF = 1e-11
+
+
+def cwt_modulus(signal: jax.Array, plan: Plan) -> jax.Array:
+    """|W(a_j, b)|, float64[S, n]: CWT by FFT of the buffer minus the chord joining its ends
+    (so that its periodic continuation has no jump), scaled to unit range."""
+    raw = jnp.asarray(signal, dtype=jnp.float64)
+    x = raw - raw[0] - (raw[-1] - raw[0]) * jnp.asarray(np.linspace(0.0, 1.0, plan.n))
+    span = jnp.max(x) - jnp.min(x)
+    # A buffer that is a straight line up to round-off carries no singularity: analyse zeros.
+    alive = span > _ROUND_OFF * (jnp.max(jnp.abs(raw)) + jnp.max(raw) - jnp.min(raw))
+    x = jnp.where(alive, x / jnp.where(alive, span, 1.0), 0.0)
+    coefficients = jnp.fft.irfft(jnp.fft.rfft(x)[None, :] * jnp.asarray(plan.filters), n=plan.n, axis=-1)
+    return jnp.abs(coefficients)
 
 
 def modulus_maxima(modulus: jax.Array, plan: Plan) -> jax.Array:
@@ -194,53 +241,6 @@ def _halves(table: jax.Array, plan: Plan, row: int) -> jax.Array:
     lo = plan.pad - reach
     hi = lo + 2 * reach + 1 - size
     return jnp.stack([table[lo:lo + plan.n], table[hi:hi + plan.n]])
-
-
-@pytree
-class WTMMResult:
-    """Multifractal analysis of one buffer (leading batch axes when vmapped).
-
-    Attributes:
-        holder: float64 scalar, the h maximising D(h) (``REGULAR_HOLDER`` when not ``valid``).
-        q: float64[Q], the moments.
-        tau: float64[Q], the scaling function τ(q) (≈ qH − 1 for a monofractal).
-        h_grid: float64[K], where the spectrum is evaluated.
-        spectrum: float64[K], D(h) = min_q (q h − τ(q)) on ``h_grid``.
-        d_max: float64 scalar, max_h D(h) (= −τ(0), ≈ 1 when the lines fill the buffer).
-        width: float64 scalar, spectrum width: τ'(q_min) − τ'(q_max) from the end chords of τ
-            (0 for a monofractal).
-        n_lines: int32 scalar, number of distinct maxima lines in the skeleton.
-        line_counts: int32[S], lines counted in Z at each scale of the scaling range.
-        fit_scales: float64[S], the scales of the scaling range (samples).
-        log_z: float64[Q, S], normalised log Z(q, a) on them (−inf where a scale holds no line).
-        valid: bool scalar, at least three scales of the scaling range hold lines.
-    """
-
-    holder: jax.Array
-    q: jax.Array
-    tau: jax.Array
-    h_grid: jax.Array
-    spectrum: jax.Array
-    d_max: jax.Array
-    width: jax.Array
-    n_lines: jax.Array
-    line_counts: jax.Array
-    fit_scales: jax.Array
-    log_z: jax.Array
-    valid: jax.Array
-
-
-def cwt_modulus(signal: jax.Array, plan: Plan) -> jax.Array:
-    """|W(a_j, b)|, float64[S, n]: CWT by FFT of the buffer minus the chord joining its ends
-    (so that its periodic continuation has no jump), scaled to unit range."""
-    raw = jnp.asarray(signal, dtype=jnp.float64)
-    x = raw - raw[0] - (raw[-1] - raw[0]) * jnp.asarray(np.linspace(0.0, 1.0, plan.n))
-    span = jnp.max(x) - jnp.min(x)
-    # A buffer that is a straight line up to round-off carries no singularity: analyse zeros.
-    alive = span > _ROUND_OFF * (jnp.max(jnp.abs(raw)) + jnp.max(raw) - jnp.min(raw))
-    x = jnp.where(alive, x / jnp.where(alive, span, 1.0), 0.0)
-    coefficients = jnp.fft.irfft(jnp.fft.rfft(x)[None, :] * jnp.asarray(plan.filters), n=plan.n, axis=-1)
-    return jnp.abs(coefficients)
 
 
 def _regression_slopes(log_z: jax.Array, weights: jax.Array, log_a: jax.Array) -> jax.Array:
