@@ -200,7 +200,16 @@ def test_same_inputs_give_bit_identical_outputs():
     assert runs[0] == runs[1]
 
 
-def test_step_batch_equals_single_steps(functional):
+@pytest.fixture(scope="module")
+def chunked() -> FunctionalPredictor:
+    """Chunks of 2: a batch of 5 runs two mapped chunks and a remainder of one."""
+    return FunctionalPredictor(SMALL, clock=ReplayClock(), batch_chunk=2,
+                               plugin_manager=build_plugin_manager([martingale_kernel]))
+
+
+@pytest.mark.parametrize("which", ["plain", "chunked"])
+def test_step_batch_equals_single_steps(functional, chunked, which):
+    functional = chunked if which == "chunked" else functional
     n_assets, ticks = 5, 90
     series = np.stack([random_walk(ticks, seed=10 + a) for a in range(n_assets)])
     series[2, 40] = math.nan  # one rejected tick inside the batch

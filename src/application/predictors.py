@@ -66,8 +66,42 @@ class CompiledCore:
     scan_batch: Any
 
 
+#: Assets per vmapped chunk in ``step_batch``. Larger batches run chunk after chunk (``lax.map``)
+#: inside the same compiled graph: on CPU a chunk's working set stays in cache, which measured
+#: 57k asset-steps/s at 1000 assets against 24k for one 1000-wide vmap (docs/benchmarks.md).
+BATCH_CHUNK = 256
+
+
+def chunked_vmap(step, chunk: int):
+    """``vmap(step)`` over a leading asset axis, evaluated ``chunk`` assets at a time.
+
+    Full chunks go through ``lax.map``; the remainder is one more vmap. Every asset's arithmetic
+    is the vmapped step's, and shapes are static, so it compiles once per batch size.
+    """
+    vstep = jax.vmap(step, in_axes=(0, 0, 0, None))
+
+    def run(states, values, stamps, now):
+        n = values.shape[0]
+        full = (n // chunk) * chunk
+        if full == 0 or n <= chunk:
+            return vstep(states, values, stamps, now)
+
+        def head(a):
+            return a[:full].reshape((full // chunk, chunk, *a.shape[1:]))
+
+        mapped = jax.lax.map(lambda args: vstep(*args, now),
+                             (jax.tree_util.tree_map(head, states), head(values), head(stamps)))
+        mapped = jax.tree_util.tree_map(lambda a: a.reshape((full, *a.shape[2:])), mapped)
+        if full == n:
+            return mapped
+        rest = vstep(jax.tree_util.tree_map(lambda a: a[full:], states), values[full:], stamps[full:], now)
+        return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), mapped, rest)
+
+    return run
+
+
 @functools.lru_cache(maxsize=16)
-def compiled_core(config: PredictorConfig, kernels: tuple) -> CompiledCore:
+def compiled_core(config: PredictorConfig, kernels: tuple, batch_chunk: int = BATCH_CHUNK) -> CompiledCore:
     """Build (once per process and configuration) the jitted core functions.
 
     Memoised so that many predictors with one configuration — one per asset, or re-created on
@@ -80,7 +114,7 @@ def compiled_core(config: PredictorConfig, kernels: tuple) -> CompiledCore:
         return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0)), state, (values, untimed))
 
     return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init)), step=jax.jit(step),
-                        step_batch=jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None))), scan=jax.jit(scan),
+                        step_batch=jax.jit(chunked_vmap(step, batch_chunk)), scan=jax.jit(scan),
                         scan_batch=jax.jit(jax.vmap(scan)))
 
 
@@ -157,15 +191,18 @@ class FunctionalPredictor:
         clock: where "now" comes from for the staleness check (system clock by default).
         kernels: explicit kernel specs (default: the config's enabled kernels from the plugins).
         plugin_manager: a pluggy manager to resolve kernels from (default: built-ins + entry points).
+        batch_chunk: assets per vmapped chunk in ``step_batch`` (see ``BATCH_CHUNK``).
     """
 
     def __init__(self, config: PredictorConfig | None = None, *, clock: Clock | None = None,
-                 kernels=None, plugin_manager=None) -> None:
+                 kernels=None, plugin_manager=None, batch_chunk: int = BATCH_CHUNK) -> None:
+        if batch_chunk < 1:
+            raise ValueError(f"batch_chunk must be >= 1, got {batch_chunk}")
         self.config = config or PredictorConfig()
         self.clock = clock or _default_clock()
         self.kernels = _resolve(self.config, kernels, plugin_manager)
         self.kernel_names = tuple(k.name for k in self.kernels)
-        core = compiled_core(self.config, self.kernels)
+        core = compiled_core(self.config, self.kernels, batch_chunk)
         self._init, self._init_batch = core.init, core.init_batch
         self._step, self._step_batch = core.step, core.step_batch
         self._scan, self._scan_batch = core.scan, core.scan_batch
