@@ -223,9 +223,10 @@ def draw_report(path: Path, stamps: np.ndarray, values: np.ndarray, outputs: np.
     middle.set_ylabel("weights")
     middle.legend(loc="upper left", fontsize="small")
     bottom.fill_between(times, 0, outputs[:, Out.EMERGENCY], step="post", color="tab:red", alpha=0.3,
-                        label="emergency")
+                        linewidth=0, label="emergency")
     bottom.fill_between(times, 0, outputs[:, Out.DEGRADED], step="post", color="tab:orange", alpha=0.3,
-                        label="degraded")
+                        linewidth=0, label="degraded")
+    bottom.set_ylim(0, 1)
     for when in times[outputs[:, Out.REGIME_CHANGE] > 0]:
         bottom.axvline(when, color="tab:purple", lw=0.8)
     bottom.plot([], [], color="tab:purple", label="regime change")
