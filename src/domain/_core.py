@@ -69,7 +69,6 @@ class CoreState:
     last_timestamp_ns: jnp.ndarray  # int64, UNTIMED before the first timed tick
     prediction: jnp.ndarray        # float64, fused ŷ_{t+1|t}
     kernel_means: jnp.ndarray      # float64[n], ŷ_{i,t+1|t}
-    kernel_scales: jnp.ndarray     # float64[n]
     monitor: MonitorState          # residual σ², σ̄², kurtosis window, CUSUM
     energies: jnp.ndarray          # float64[n], standardised
     log_weights: jnp.ndarray       # float64[n], normalised log ρ
@@ -111,7 +110,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         return CoreState(
             window=jnp.zeros(size), count=jnp.int32(0), last_timestamp_ns=jnp.int64(UNTIMED),
-            prediction=jnp.float64(0.0), kernel_means=jnp.zeros(n), kernel_scales=jnp.ones(n),
+            prediction=jnp.float64(0.0), kernel_means=jnp.zeros(n),
             monitor=monitor_init(config.kurtosis_window),
             energies=jnp.zeros(n), log_weights=uniform, dual_f=jnp.zeros(n), dual_g=jnp.zeros(n),
             holder=jnp.float64(0.5), emergency=jnp.bool_(False), stale_degraded=jnp.bool_(False),
@@ -281,7 +280,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         new_state = CoreState(
             window=window, count=count,
             last_timestamp_ns=jnp.where(timed, timestamp_ns, state.last_timestamp_ns),
-            prediction=prediction, kernel_means=means, kernel_scales=scales, monitor=monitor,
+            prediction=prediction, kernel_means=means, monitor=monitor,
             energies=energies, log_weights=log_weights,
             dual_f=jnp.where(freeze_weights, state.dual_f, sink.f),
             dual_g=jnp.where(freeze_weights, state.dual_g, sink.g),

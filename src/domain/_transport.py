@@ -46,46 +46,6 @@ class SinkhornResult:
     converged: jnp.ndarray
 
 
-def sinkhorn_log(log_a: jnp.ndarray, log_b: jnp.ndarray, cost: jnp.ndarray, epsilon: jnp.ndarray,
-                 f0: jnp.ndarray, g0: jnp.ndarray, iterations: int, tolerance: float) -> SinkhornResult:
-    """Entropic OT between marginals exp(log_a), exp(log_b) in the log domain.
-
-    Alternates ``f ← ε log a − ε LSE((g − C)/ε)`` and the symmetric update of g, warm-started
-    from (f0, g0), until the L1 error of the row marginal is below ``tolerance`` or after
-    ``iterations`` rounds. After a g-update the column marginal is exact and the row marginal of
-    the plan ``exp((f_i + g_j − C_ij)/ε)`` is ``a_i exp((f_i − f_i⁺)/ε)``, so the error comes from
-    the next f-update at no extra cost.
-    """
-
-    def f_update(g):
-        return epsilon * log_a - epsilon * logsumexp((g[None, :] - cost) / epsilon, axis=1)
-
-    def g_update(f):
-        return epsilon * log_b - epsilon * logsumexp((f[:, None] - cost) / epsilon, axis=0)
-
-    def row_error(f, f_next):
-        # row marginal a_i exp((f_i − f⁺_i)/ε), formed in the log domain: a weight that
-        # underflows to 0 must not meet an overflowing exponential (0 · inf)
-        row = jnp.exp(jnp.minimum(log_a + (f - f_next) / epsilon, 700.0))
-        return jnp.sum(jnp.abs(row - jnp.exp(log_a)))
-
-    def cond(carry):
-        i, _, _, _, error = carry
-        return (i < iterations) & (error >= tolerance)
-
-    def body(carry):
-        i, _, g, f_next, _ = carry
-        f = f_next
-        g = g_update(f)
-        f_next = f_update(g)
-        return i + 1, f, g, f_next, row_error(f, f_next)
-
-    f_start = f_update(g0)
-    start = (jnp.int32(0), f0, g0, f_start, row_error(f0, f_start))
-    _, f, g, _, error = jax.lax.while_loop(cond, body, start)
-    return SinkhornResult(f, g, error, error < tolerance)
-
-
 def sinkhorn_symmetric(log_a: jnp.ndarray, cost: jnp.ndarray, epsilon: jnp.ndarray, f0: jnp.ndarray,
                        iterations: int, tolerance: float) -> SinkhornResult:
     """Entropic self-transport OT(a, a) for a symmetric cost (the JKO linearisation point).
