@@ -20,6 +20,7 @@ from .application.config_file import load_config
 from .application.types import (
     CriticalSingularityEvent,
     Event,
+    FreezingTopologicalBranchEvent,
     FrozenSignalAlarmEvent,
     FrozenSignalReleasedEvent,
     LowEpsilonEvent,
@@ -32,6 +33,7 @@ from .application.types import (
     SinkhornNotConvergedEvent,
     SparseArrivalEvent,
     StaleDataEvent,
+    TopologicalBranchReleasedEvent,
 )
 from .domain import (
     ConfigError,
@@ -50,11 +52,11 @@ from .domain._events import EventCode
 
 __all__ = [
     "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError",
-    "Event", "EventCode", "FrequencyWarning", "FrozenSignalAlarmEvent", "FrozenSignalReleasedEvent",
+    "Event", "EventCode", "FreezingTopologicalBranchEvent", "FrequencyWarning", "FrozenSignalAlarmEvent", "FrozenSignalReleasedEvent",
     "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec", "LowEpsilonEvent",
     "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode", "OutOfOrderRejectedEvent",
     "OutlierRejectedEvent", "PredictionResult", "PredictorConfig", "ProcessState", "RegimeChangedEvent",
     "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SparseArrivalEvent", "StaleDataEvent",
-    "StalenessWarning", "Telemetry", "TimestampError", "USPError", "UniversalPredictor", "Window",
+    "StalenessWarning", "Telemetry", "TimestampError", "TopologicalBranchReleasedEvent", "USPError", "UniversalPredictor", "Window",
     "load_config",
 ]

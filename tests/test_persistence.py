@@ -96,7 +96,7 @@ def test_hot_start_in_a_fresh_process_repeats_the_next_500_predictions(tmp_path)
     subprocess.run([sys.executable, "-c", HOT_START, str(tmp_path), json.dumps(SMALL), str(T0), str(DT),
                     str(t)], check=True, timeout=300, capture_output=True)
     got = np.load(tmp_path / "outputs.npy", allow_pickle=False)
-    assert got.shape == expected.shape == (after, Out.length(len(p.kernel_names)))
+    assert got.shape == expected.shape == (after, Out.length(len(p.kernel_names), p.config.koopman_top_k))
     assert np.isfinite(expected[:, Out.PREDICTION]).all()
     assert np.array_equal(np.isnan(got), np.isnan(expected))  # (some telemetry entries may be NaN)
     assert np.nanmax(np.abs(got - expected)) < 1e-12      # the spec's bound ...

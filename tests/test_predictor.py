@@ -34,7 +34,7 @@ from usp.plugins.manager import build_plugin_manager
 from .helpers import random_walk
 from .plugins import martingale_kernel
 
-SMALL = PredictorConfig(window_size=64, wtmm_buffer_size=64, kurtosis_window=32, kernel_a_order=4,
+SMALL = PredictorConfig(window_size=64, wtmm_buffer_size=64, wtmm_refresh_steps=8, kurtosis_window=32, kernel_a_order=4,
                         enabled_kernels=("A", "D", "M"))
 MS = 1_000_000
 T0 = 1_800_000_000_000_000_000

@@ -57,7 +57,7 @@ logger = logging.getLogger("usp.persistence")
 #: Config keys a snapshot must share with the predictor loading it (they fix shapes or meaning).
 COMPATIBILITY_KEYS = ("float_precision", "enabled_kernels", "window_size", "kurtosis_window",
                       "wtmm_buffer_size", "kernel_a_order", "kernel_a_mode", "kernel_a_rkhs_points",
-                      "log_sig_depth", "kernel_c_jump_max_events")
+                      "log_sig_depth", "kernel_c_jump_max_events", "koopman_top_k")
 SNAPSHOT_WORKERS = 2          # threads writing non-blocking snapshots
 MAX_PENDING_KEYS = 8          # keys with a non-blocking write in flight (beyond: refused, never waited on)
 MIN_WRITE_INTERVAL_S = 0.01   # back-to-back non-blocking writes of one key start this far apart

@@ -72,29 +72,34 @@ class CompiledCore:
 BATCH_CHUNK = 256
 
 
-def chunked_vmap(step, chunk: int):
+def chunked_vmap(step, refresh_due, chunk: int):
     """``vmap(step)`` over a leading asset axis, evaluated ``chunk`` assets at a time.
 
     Full chunks go through ``lax.map``; the remainder is one more vmap. Every asset's arithmetic
-    is the vmapped step's, and shapes are static, so it compiles once per batch size.
+    is the vmapped step's, and shapes are static, so it compiles once per batch size. Each chunk
+    runs the roughness analysis only when one of its assets is due (an unbatched flag, so the
+    vmapped ``lax.cond`` stays a branch): assets ticking in step share their refresh ticks.
     """
-    vstep = jax.vmap(step, in_axes=(0, 0, 0, None))
+    vstep = jax.vmap(step, in_axes=(0, 0, 0, None, None))
+
+    def run_chunk(states, values, stamps, now):
+        return vstep(states, values, stamps, now, jnp.any(jax.vmap(refresh_due)(states)))
 
     def run(states, values, stamps, now):
         n = values.shape[0]
         full = (n // chunk) * chunk
         if full == 0 or n <= chunk:
-            return vstep(states, values, stamps, now)
+            return run_chunk(states, values, stamps, now)
 
         def head(a):
             return a[:full].reshape((full // chunk, chunk, *a.shape[1:]))
 
-        mapped = jax.lax.map(lambda args: vstep(*args, now),
+        mapped = jax.lax.map(lambda args: run_chunk(*args, now),
                              (jax.tree_util.tree_map(head, states), head(values), head(stamps)))
         mapped = jax.tree_util.tree_map(lambda a: a.reshape((full, *a.shape[2:])), mapped)
         if full == n:
             return mapped
-        rest = vstep(jax.tree_util.tree_map(lambda a: a[full:], states), values[full:], stamps[full:], now)
+        rest = run_chunk(jax.tree_util.tree_map(lambda a: a[full:], states), values[full:], stamps[full:], now)
         return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), mapped, rest)
 
     return run
@@ -107,22 +112,29 @@ def compiled_core(config: PredictorConfig, kernels: tuple, batch_chunk: int = BA
     Memoised so that many predictors with one configuration — one per asset, or re-created on
     reload — share traced and compiled graphs instead of re-tracing each time.
     """
-    init, step = make_core(config, kernels)
+    init, step, refresh_due = make_core(config, kernels)
+    step_batch = chunked_vmap(step, refresh_due, batch_chunk)
 
     def scan(state, values):
         untimed = jnp.full(values.shape, UNTIMED, jnp.int64)
         return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0)), state, (values, untimed))
 
+    def scan_batch(states, values):
+        """History of N assets: float64[N, T], scanned over time with the batched step."""
+        untimed = jnp.full(values.shape[0], UNTIMED, jnp.int64)
+        states, outputs = jax.lax.scan(lambda s, column: step_batch(s, column, untimed, jnp.int64(0)),
+                                       states, values.T)
+        return states, jnp.swapaxes(outputs, 0, 1)
+
     return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init)), step=jax.jit(step),
-                        step_batch=jax.jit(chunked_vmap(step, batch_chunk)), scan=jax.jit(scan),
-                        scan_batch=jax.jit(jax.vmap(scan)))
+                        step_batch=jax.jit(step_batch), scan=jax.jit(scan), scan_batch=jax.jit(scan_batch))
 
 
 @attrs.frozen
 class BatchPrediction:
     """Results of ``step_batch``: arrays over assets, with PredictionResult views per asset."""
 
-    outputs: np.ndarray  # float64[N, Out.length(n)]
+    outputs: np.ndarray  # float64[N, Out.length(n, k)]
     kernel_names: tuple[str, ...]
     timestamps_ns: np.ndarray
 
@@ -168,6 +180,8 @@ def result_from_output(output: np.ndarray, kernel_names: tuple[str, ...], timest
     out = output.tolist()
     weights = tuple(out[Out.SIZE:Out.SIZE + n])
     means = out[Out.SIZE + n:Out.SIZE + 2 * n]
+    koopman = out[Out.koopman(n):]
+    k = len(koopman) // 3
     telemetry = Telemetry(
         holder_exponent=out[Out.HOLDER], weights=weights, kernel_names=kernel_names,
         kernel_predictions=dict(zip(kernel_names, means, strict=True)), kurtosis=out[Out.KURTOSIS],
@@ -177,7 +191,11 @@ def result_from_output(output: np.ndarray, kernel_names: tuple[str, ...], timest
         sinkhorn_epsilon=out[Out.EPSILON], residual_sigma=out[Out.SIGMA],
         degraded_inference_mode=bool(out[Out.DEGRADED]), emergency_mode=bool(out[Out.EMERGENCY]),
         regime_change_detected=bool(out[Out.REGIME_CHANGE]), mode_collapse_warning=False,
-        frozen_signal=bool(out[Out.FROZEN]), events=decode_events(int(out[Out.EVENTS]), timestamp_ns))
+        frozen_signal=bool(out[Out.FROZEN]), holder_exponent_raw=out[Out.HOLDER_RAW],
+        singularity_spectrum_width=out[Out.SPECTRUM_WIDTH], koopman_frequencies=tuple(koopman[:k]),
+        koopman_growth_rates=tuple(koopman[k:2 * k]), koopman_powers=tuple(koopman[2 * k:]),
+        paley_wiener_integral=out[Out.PALEY_WIENER], paley_wiener_regular=bool(out[Out.PW_REGULAR]),
+        topological_branch_frozen=bool(out[Out.BRANCH_FROZEN]), events=decode_events(int(out[Out.EVENTS]), timestamp_ns))
     return PredictionResult(out[Out.PREDICTION], out[Out.LOWER], out[Out.UPPER], int(out[Out.MODE]),
                             telemetry, request_id)
 
@@ -403,6 +421,12 @@ class UniversalPredictor:
         if bits & EventCode.REGIME_CHANGED:
             logger.info("regime change at %d ns (CUSUM %.3g, threshold %.3g)", timestamp_ns, output[Out.CUSUM],
                         output[Out.THRESHOLD])
+        if bits & EventCode.TOPOLOGICAL_BRANCH_FROZEN:
+            warnings.warn(f"sampling too coarse for the finest wavelet scale (median gap × wtmm_min_scale > "
+                          f"besov_nyquist_interval_ns={self.config.besov_nyquist_interval_ns}): Hölder "
+                          f"reading and circuit breaker frozen", FrequencyWarning, stacklevel=3)
+        if bits & EventCode.TOPOLOGICAL_BRANCH_RELEASED:
+            logger.info("sampling dense again at %d ns: Hölder reading resumed", timestamp_ns)
         if bits & EventCode.CRITICAL_SINGULARITY:
             logger.info("emergency mode: Hölder exponent %.3f", output[Out.HOLDER])
 

@@ -172,6 +172,15 @@ class LowEpsilonEvent(Event):
     """ε_t below 1e-4: Sinkhorn is ill-conditioned."""
 
 
+class FreezingTopologicalBranchEvent(Event):
+    """FrequencyWarning: sampling too coarse for the finest wavelet scale; the Hölder reading and the
+    circuit breaker are held until density returns."""
+
+
+class TopologicalBranchReleasedEvent(Event):
+    """Sampling is dense again: the Hölder reading and the circuit breaker resume."""
+
+
 EVENT_TYPES: dict[EventCode, type[Event]] = {
     EventCode.REJECTED_NON_FINITE: NonFiniteRejectedEvent,
     EventCode.REJECTED_OUTLIER: OutlierRejectedEvent,
@@ -186,6 +195,8 @@ EVENT_TYPES: dict[EventCode, type[Event]] = {
     EventCode.NORMAL_OPERATION_RESTORED: NormalOperationRestoredEvent,
     EventCode.SINKHORN_NOT_CONVERGED: SinkhornNotConvergedEvent,
     EventCode.LOW_EPSILON: LowEpsilonEvent,
+    EventCode.TOPOLOGICAL_BRANCH_FROZEN: FreezingTopologicalBranchEvent,
+    EventCode.TOPOLOGICAL_BRANCH_RELEASED: TopologicalBranchReleasedEvent,
 }
 
 
@@ -227,6 +238,20 @@ class Telemetry:
     regime_change_detected: bool
     mode_collapse_warning: bool
     frozen_signal: bool
+    #: last reading of the identification engine (refreshed every ``wtmm_refresh_steps`` ticks):
+    #: WTMM Hölder exponent of the buffer (``holder_exponent`` is its smoothed value), spectrum width
+    holder_exponent_raw: float
+    singularity_spectrum_width: float
+    #: Koopman (DMD) modes by decreasing energy share: cycles and log-growth per
+    #: ``signal_sampling_interval``, and shares (0 for modes below ``koopman_min_power``)
+    koopman_frequencies: tuple[float, ...]
+    koopman_growth_rates: tuple[float, ...]
+    koopman_powers: tuple[float, ...]
+    #: Paley–Wiener integral of the increments' spectral density, and integral ≤ the configured max
+    paley_wiener_integral: float
+    paley_wiener_regular: bool
+    #: sampling too coarse for the finest wavelet scale: Hölder reading and breaker held
+    topological_branch_frozen: bool
     events: tuple[Event, ...]
     #: signature depth and latency/jitter figures (ns) when load shedding is on, else None
     load_shedding: Mapping[str, Any] | None = None

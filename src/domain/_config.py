@@ -48,7 +48,11 @@ class PredictorConfig:
     besov_nyquist_interval_ns: int = _key(100_000_000, "core",
                                           "Gap between consecutive timestamps above which a "
                                           "FrequencyWarning is emitted and the weights freeze for "
-                                          "that tick.", lo=1, unit="ns")
+                                          "that tick; when the median recent gap times "
+                                          "wtmm_min_scale exceeds it, the roughness reading and the "
+                                          "circuit breaker freeze (FreezingTopologicalBranchEvent). "
+                                          "Set it to about 1/32 of the shortest time scale whose "
+                                          "roughness matters.", lo=1, unit="ns")
     inference_recovery_hysteresis: float = _key(0.8, "core",
                                                 "Degraded mode ends only on ticks fresher than this "
                                                 "fraction of the TTL.", lo=0.0, hi=1.0)
@@ -121,8 +125,10 @@ class PredictorConfig:
                                            "kernel D when it is enabled.")
     robustness_hysteresis_margin: float = _key(0.1, "orchestrator", "Hysteresis margin of the "
                                                "circuit breaker (in units of H).", lo=0.0, hi=1.0)
-    holder_smoothing: float = _key(0.01, "orchestrator", "EMA weight of the smoothed Hölder "
-                                   "estimate that drives the circuit breaker.", lo=1e-4, hi=1.0)
+    holder_smoothing: float = _key(0.0025, "orchestrator", "EMA weight per tick of the smoothed "
+                                   "Hölder estimate that drives the circuit breaker (applied as "
+                                   "1 − (1 − α)^R at each refresh; it starts from the Brownian 0.5).",
+                                   lo=1e-5, hi=1.0)
     entropy_scaling_trigger: float = _key(2.0, "orchestrator", "Entropy ratio that triggers "
                                           "architecture rescaling of kernel B.", lo=1.0, hi=100.0)
     # [kernels] ---------------------------------------------------------------------------
@@ -162,6 +168,10 @@ class PredictorConfig:
     signal_sampling_interval: float = _key(1.0, "numerical", "Nominal sampling interval used as Δt "
                                            "by the kernels and spectral diagnostics.", lo=1e-12,
                                            hi=1e12, unit="s")
+    wtmm_refresh_steps: int = _key(64, "numerical", "The identification engine (WTMM, Koopman, "
+                                   "Paley–Wiener) re-reads the buffer every this many accepted "
+                                   "ticks and holds its reading in between.", lo=1, hi=65_536,
+                                   unit="ticks")
     wtmm_wavelet_order: int = _key(4, "numerical", "WTMM wavelet: derivative order m of the Gaussian "
                                    "(m vanishing moments; m ≥ 2 also cancels linear trends).",
                                    choices=(1, 2, 3, 4))

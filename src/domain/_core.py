@@ -1,11 +1,17 @@
 """The predictor state pytree and the tick transition ``core_step`` (model.md §2).
 
-``make_core(config, kernels)`` returns ``(init, step)``, pure functions closed over the static
+``make_core(config, kernels)`` returns ``(init, step, refresh_due)``, pure functions closed over the static
 configuration and kernel set:
 
 * ``init(key) -> CoreState``
-* ``step(state, y, timestamp_ns, now_ns) -> (CoreState, output)`` where ``output`` is one
-  float64 vector (layout ``Out``) so that the host fetches a tick's result in one transfer.
+* ``step(state, y, timestamp_ns, now_ns[, analyse]) -> (CoreState, output)`` where ``output``
+  is one float64 vector (layout ``Out``) so that the host fetches a tick's result in one transfer.
+* ``refresh_due(state) -> bool``: whether the next accepted tick re-reads the roughness buffer.
+
+The identification engine (WTMM, about 100 µs) runs inside a ``lax.cond`` only on refresh ticks.
+Under ``vmap`` a batched predicate would make both branches run for every asset, so a batched
+caller passes ``analyse`` unbatched — ``any(refresh_due)`` over the batch — and each asset still
+takes the new reading only on its own refresh ticks: the numbers do not depend on batching.
 
 A tick that is rejected (non-finite value, catastrophic outlier, out-of-order timestamp)
 returns the previous state *bit-identically* and the last valid output with the rejection
@@ -26,7 +32,17 @@ from ._events import EventCode
 from ._fusion import fuse
 from ._kernel import KernelSpec, Window
 from ._pytree import pytree
-from ._roughness import breaker_step, structure_function_holder
+from ._roughness import (
+    SiaReading,
+    analyse_buffer,
+    breaker_step,
+    density_step,
+    initial_reading,
+    koopman_modes,
+    refresh_weight,
+    smooth_holder,
+    validate_sia,
+)
 from ._stats import MAGNITUDE_LIMIT, VARIANCE_FLOOR, ema_update
 from ._transport import (
     LOG_WEIGHT_FLOOR,
@@ -44,17 +60,24 @@ UNTIMED = -(2**63)
 
 
 class Out:
-    """Indices of the output vector; the last 2n entries are weights and kernel means."""
+    """Indices of the output vector: ``SIZE`` scalars, then n weights, n kernel means, and the
+    Koopman block (k frequencies, k growth rates, k powers)."""
 
     PREDICTION, LOWER, UPPER, MODE, EVENTS = 0, 1, 2, 3, 4
     HOLDER, KURTOSIS, CUSUM, THRESHOLD, DISTANCE = 5, 6, 7, 8, 9
     FREE_ENERGY, SINKHORN_ERROR, SINKHORN_CONVERGED, EPSILON, SIGMA = 10, 11, 12, 13, 14
     DEGRADED, EMERGENCY, REGIME_CHANGE, FROZEN, CALIBRATING = 15, 16, 17, 18, 19
-    SIZE = 20
+    HOLDER_RAW, SPECTRUM_WIDTH, PALEY_WIENER, PW_REGULAR, BRANCH_FROZEN = 20, 21, 22, 23, 24
+    SIZE = 25
 
     @staticmethod
-    def length(n_kernels: int) -> int:
+    def koopman(n_kernels: int) -> int:
+        """Offset of the Koopman block."""
         return Out.SIZE + 2 * n_kernels
+
+    @staticmethod
+    def length(n_kernels: int, n_modes: int) -> int:
+        return Out.SIZE + 2 * n_kernels + 3 * n_modes
 
 
 @pytree
@@ -74,7 +97,11 @@ class CoreState:
     log_weights: jnp.ndarray       # float64[n], normalised log ρ
     dual_f: jnp.ndarray            # float64[n], Sinkhorn warm start
     dual_g: jnp.ndarray            # float64[n]
-    holder: jnp.ndarray            # float64, smoothed Hölder exponent
+    holder: jnp.ndarray            # float64, smoothed Hölder exponent (drives the breaker)
+    sia: SiaReading                # last reading of the identification engine
+    sia_age: jnp.ndarray           # int32, accepted ticks since that reading (saturates at refresh)
+    coarse_share: jnp.ndarray      # float64, EMA share of gaps too coarse for the finest scale
+    branch_frozen: jnp.ndarray     # bool, topological branch (reading and breaker) frozen
     emergency: jnp.ndarray         # bool
     stale_degraded: jnp.ndarray    # bool, degraded by staleness
     fresh_streak: jnp.ndarray      # int32, consecutive fresh ticks while degraded
@@ -85,7 +112,7 @@ class CoreState:
     interval_log_scale: jnp.ndarray  # float64, log of the interval width multiplier
     key: jnp.ndarray               # uint32[2], PRNG key (threefry)
     kernels: tuple                 # per-kernel state pytrees, in enabled order
-    last_output: jnp.ndarray       # float64[Out.length(n)], last valid result
+    last_output: jnp.ndarray       # float64[Out.length(n, k)], last valid result
 
 
 def _standardised_loss(errors, sigma, huber, delta):
@@ -93,7 +120,7 @@ def _standardised_loss(errors, sigma, huber, delta):
 
 
 def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
-    """Build the pure ``(init, step)`` pair for a static config and kernel set."""
+    """Build the pure ``(init, step, refresh_due)`` for a static config and kernel set."""
     kernels = tuple(kernels)
     n = len(kernels)
     names = tuple(k.name for k in kernels)
@@ -102,24 +129,36 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
     buffer = config.wtmm_buffer_size
     alpha = config.volatility_alpha
     huber_config = config.sinkhorn_cost_type == "huber"
+    refresh = config.wtmm_refresh_steps
+    holder_weight = refresh_weight(config.holder_smoothing, refresh)
+    n_modes = koopman_modes(config)
+    validate_sia(config)
 
     def init(key: jax.Array) -> CoreState:
         keys = jax.random.split(key, n + 1)
         kernel_states = tuple(spec.init(config, keys[i + 1]) for i, spec in enumerate(kernels))
-        last = jnp.zeros(Out.length(n)).at[Out.CALIBRATING].set(1.0).at[Out.MODE].set(1.0)
+        last = (jnp.zeros(Out.length(n, n_modes)).at[Out.CALIBRATING].set(1.0).at[Out.MODE].set(1.0)
+                .at[Out.HOLDER].set(0.5).at[Out.HOLDER_RAW].set(0.5))
         uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         return CoreState(
             window=jnp.zeros(size), count=jnp.int32(0), last_timestamp_ns=jnp.int64(UNTIMED),
             prediction=jnp.float64(0.0), kernel_means=jnp.zeros(n),
             monitor=monitor_init(config.kurtosis_window),
             energies=jnp.zeros(n), log_weights=uniform, dual_f=jnp.zeros(n), dual_g=jnp.zeros(n),
-            holder=jnp.float64(0.5), emergency=jnp.bool_(False), stale_degraded=jnp.bool_(False),
+            holder=jnp.float64(0.5), sia=initial_reading(config), sia_age=jnp.int32(0),
+            coarse_share=jnp.float64(0.0), branch_frozen=jnp.bool_(False), emergency=jnp.bool_(False), stale_degraded=jnp.bool_(False),
             fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
             lively_streak=jnp.int32(0), incr_var=jnp.float64(0.0),
             interval_log_scale=jnp.float64(0.0), key=keys[0], kernels=kernel_states,
             last_output=last.at[Out.EPSILON].set(config.epsilon))
 
-    def step(state: CoreState, y: jax.Array, timestamp_ns: jax.Array, now_ns: jax.Array):
+    def refresh_due(state: CoreState) -> jax.Array:
+        """The next accepted tick re-reads the buffer: it fills it, or the reading is old enough."""
+        count = state.count + 1
+        return (count == buffer) | ((count > buffer) & (state.sia_age + 1 >= refresh))
+
+    def step(state: CoreState, y: jax.Array, timestamp_ns: jax.Array, now_ns: jax.Array,
+             analyse: jax.Array | None = None):
         y = jnp.asarray(y, jnp.float64)
         timestamp_ns = jnp.asarray(timestamp_ns, jnp.int64)
         now_ns = jnp.asarray(now_ns, jnp.int64)
@@ -181,15 +220,23 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         resid_var = monitor.resid_var
         calibrating = count < buffer
 
-        # 5. roughness and circuit breaker -------------------------------------------------------
-        holder_raw = structure_function_holder(window[-buffer:])
-        holder = jnp.where(calibrating, state.holder,
-                           jnp.where(count == buffer, holder_raw,
-                                     state.holder + config.holder_smoothing * (holder_raw - state.holder)))
+        # 5. roughness (SIA), sampling-density guard, circuit breaker ----------------------------
+        coarse_share, branch_frozen = density_step(
+            state.coarse_share, state.branch_frozen, timestamp_ns - state.last_timestamp_ns,
+            timed & seen_time, config)
+        due = refresh_due(state)
+        reread = due & ~branch_frozen
+        analyse = due if analyse is None else analyse
+        fresh_reading = jax.lax.cond(analyse, lambda b: analyse_buffer(b, config), lambda b: state.sia,
+                                     window[-buffer:])
+        sia = jax.tree_util.tree_map(lambda new, old: jnp.where(reread, new, old), fresh_reading, state.sia)
+        sia_age = jnp.where(reread, 0, jnp.minimum(state.sia_age + 1, refresh))
+        holder = jnp.where(reread, smooth_holder(state.holder, sia.holder, holder_weight), state.holder)
         emergency = jnp.where(calibrating, False,
-                              breaker_step(state.emergency, holder, config.holder_threshold,
-                                           config.robustness_dimension_threshold,
-                                           config.robustness_hysteresis_margin))
+                              jnp.where(branch_frozen, state.emergency,
+                                        breaker_step(state.emergency, holder, config.holder_threshold,
+                                                     config.robustness_dimension_threshold,
+                                                     config.robustness_hysteresis_margin)))
         huber = jnp.bool_(huber_config) | emergency
 
         # 6. transport (JKO step on the weights) ------------------------------------------------
@@ -265,7 +312,9 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
                 | jnp.where(was_degraded & ~degraded, int(EventCode.NORMAL_OPERATION_RESTORED), 0)
                 | jnp.where(has_prev & ~freeze_weights & ~sink.converged,
                             int(EventCode.SINKHORN_NOT_CONVERGED), 0)
-                | jnp.where(epsilon < EPSILON_WARNING, int(EventCode.LOW_EPSILON), 0))
+                | jnp.where(epsilon < EPSILON_WARNING, int(EventCode.LOW_EPSILON), 0)
+                | jnp.where(branch_frozen & ~state.branch_frozen, int(EventCode.TOPOLOGICAL_BRANCH_FROZEN), 0)
+                | jnp.where(~branch_frozen & state.branch_frozen, int(EventCode.TOPOLOGICAL_BRANCH_RELEASED), 0))
         statistic = jnp.maximum(monitor.cusum.upper, monitor.cusum.lower)
         threshold, kurtosis = reading.threshold, reading.kurtosis
         head = jnp.stack([
@@ -274,8 +323,11 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             free_energy(weights, window_energy, epsilon), sink.error, sink.converged.astype(jnp.float64),
             epsilon, jnp.sqrt(jnp.maximum(resid_var, 0.0)), degraded.astype(jnp.float64),
             emergency.astype(jnp.float64), alarm.astype(jnp.float64), frozen.astype(jnp.float64),
-            calibrating.astype(jnp.float64)])
-        output = jnp.concatenate([head, weights, means])
+            calibrating.astype(jnp.float64), sia.holder, sia.spectrum_width, sia.paley_wiener_integral,
+            (sia.paley_wiener_integral <= config.paley_wiener_integral_max).astype(jnp.float64),
+            branch_frozen.astype(jnp.float64)])
+        output = jnp.concatenate([head, weights, means, sia.koopman_frequency, sia.koopman_growth,
+                                  sia.koopman_power])
 
         new_state = CoreState(
             window=window, count=count,
@@ -284,7 +336,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             energies=energies, log_weights=log_weights,
             dual_f=jnp.where(freeze_weights, state.dual_f, sink.f),
             dual_g=jnp.where(freeze_weights, state.dual_g, sink.g),
-            holder=holder, emergency=emergency, stale_degraded=stale_degraded, fresh_streak=fresh_streak,
+            holder=holder, sia=sia, sia_age=sia_age, coarse_share=coarse_share, branch_frozen=branch_frozen,
+            emergency=emergency, stale_degraded=stale_degraded, fresh_streak=fresh_streak,
             repeat_run=repeat_run, frozen=frozen, lively_streak=lively_streak, incr_var=incr_var,
             interval_log_scale=interval_log_scale, key=state.key, kernels=tuple(kernel_states),
             last_output=output)
@@ -296,4 +349,4 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         final_state = jax.tree_util.tree_map(lambda old, new: jnp.where(rejected, old, new), state, new_state)
         return final_state, jnp.where(rejected, rejected_output, output)
 
-    return init, step
+    return init, step, refresh_due

@@ -1,41 +1,117 @@
-"""Interim Hölder estimator and the circuit breaker of model.md §2.5.
+"""Roughness of the path (model.md §2 step 5, §3): the SIA reading, its amortised refresh, the
+sampling-density guard and the circuit breaker.
 
-Until the WTMM engine is wired in, the Hölder exponent comes from the scaling of the second-order
-structure function: for a self-affine path E|X(t+ℓ) − X(t)|² ∝ ℓ^{2H}, so H is half the
-least-squares slope of log V(ℓ) against log ℓ over dyadic lags ℓ = 1, 2, 4, … < B/4 on the last
-B = ``wtmm_buffer_size`` samples. It moves with the data (≈ 0.5 on random walks, lower on rough
-or mean-reverting paths, higher on smooth ones); the breaker uses an EMA of it.
+* :func:`analyse_buffer` runs the identification engine on the last ``wtmm_buffer_size``
+  samples: the WTMM Hölder exponent and spectrum width, the Koopman modes and the Paley–Wiener
+  integral (``usp.domain.sia``). It costs about 100 µs, so the core runs it every
+  ``wtmm_refresh_steps`` accepted ticks and holds the reading in between.
+* :func:`smooth_holder` is the EMA that drives the breaker. It starts from the Brownian value
+  H = 1/2 rather than from the first, noisy reading (sd ≈ 0.1 on 128 samples): the breaker then
+  needs evidence accumulated over several buffers before it calls a path rough.
+* :func:`density_step` is the sampling-density guard: the WTMM reads scales in samples, so when
+  the typical gap between ticks is too coarse for its finest scale the reading aliases and the
+  topological branch (this reading and the breaker) is frozen until density returns.
+* :func:`breaker_step` is the circuit breaker with hysteresis.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from ._stats import VARIANCE_FLOOR
+from ._config import PredictorConfig
+from ._pytree import pytree
+from .sia import koopman_spectrum, paley_wiener, wtmm
+from .sia._spectral import delay_dimension
+from .sia._wtmm import make_plan
+
+#: Hölder exponent of a Brownian path: the prior the smoothed estimate starts from.
+BROWNIAN_HOLDER = 0.5
+#: The branch freezes when more than this share of recent gaps is too coarse (the median gap is)…
+COARSE_SHARE_FREEZE = 0.5
+#: … and is released when the share falls below this.
+COARSE_SHARE_RELEASE = 0.25
 
 
-def dyadic_lags(buffer_size: int) -> tuple[int, ...]:
-    lags, lag = [], 1
-    while lag < buffer_size // 4:
-        lags.append(lag)
-        lag *= 2
-    return tuple(lags)
+@pytree
+class SiaReading:
+    """The identification engine's last reading of the buffer (held between refreshes).
+
+    Attributes:
+        holder: float64, WTMM Hölder exponent of the buffer (the h maximising D(h)).
+        spectrum_width: float64, width of the singularity spectrum (0 for a monofractal).
+        koopman_frequency: float64[k], cycles per unit of ``signal_sampling_interval``.
+        koopman_growth: float64[k], log|λ| per unit of ``signal_sampling_interval``.
+        koopman_power: float64[k], energy shares of the k strongest DMD modes (0 when dropped).
+        paley_wiener_integral: float64, ∫ |log f(λ)| / (1 + λ²) dλ of the increments.
+    """
+
+    holder: jax.Array
+    spectrum_width: jax.Array
+    koopman_frequency: jax.Array
+    koopman_growth: jax.Array
+    koopman_power: jax.Array
+    paley_wiener_integral: jax.Array
 
 
-def structure_function_holder(buffer: jnp.ndarray) -> jnp.ndarray:
-    """H estimate in [0, 1.5] from a float64[B] buffer (oldest first)."""
-    lags = dyadic_lags(buffer.shape[-1])
-    log_v = jnp.stack([jnp.log(jnp.mean((buffer[lag:] - buffer[:-lag]) ** 2) + VARIANCE_FLOOR)
-                       for lag in lags])
-    log_l = jnp.log(jnp.asarray(lags, dtype=jnp.float64))
-    dl = log_l - log_l.mean()
-    slope = jnp.sum(dl * (log_v - log_v.mean())) / jnp.sum(dl * dl)
-    flat = jnp.mean((buffer[1:] - buffer[:-1]) ** 2) <= VARIANCE_FLOOR
-    return jnp.where(flat, 1.0, jnp.clip(0.5 * slope, 0.0, 1.5))
+def koopman_modes(config: PredictorConfig) -> int:
+    """Number of Koopman modes in a reading (``koopman_top_k``, at most the delay dimension)."""
+    return min(config.koopman_top_k, delay_dimension(config.wtmm_buffer_size, config))
 
 
-def breaker_step(emergency: jnp.ndarray, holder: jnp.ndarray, holder_threshold: float,
-                 dimension_threshold: float, margin: float) -> jnp.ndarray:
+def validate_sia(config: PredictorConfig) -> None:
+    """Raise ``ConfigError`` now (not at the first refresh) if the buffer cannot hold the WTMM scales."""
+    make_plan(config.wtmm_buffer_size, config)
+
+
+def initial_reading(config: PredictorConfig) -> SiaReading:
+    """The reading before the buffer first fills: a Brownian path, no modes, PW integral 0."""
+    k = koopman_modes(config)
+    return SiaReading(holder=jnp.float64(BROWNIAN_HOLDER), spectrum_width=jnp.float64(0.0),
+                      koopman_frequency=jnp.zeros(k), koopman_growth=jnp.zeros(k), koopman_power=jnp.zeros(k),
+                      paley_wiener_integral=jnp.float64(0.0))
+
+
+def analyse_buffer(buffer: jax.Array, config: PredictorConfig) -> SiaReading:
+    """Run the identification engine on float64[wtmm_buffer_size] (oldest first)."""
+    result = wtmm(buffer, config)
+    modes = koopman_spectrum(buffer, config)
+    integral = paley_wiener(buffer, config).integral
+    power = jnp.where(modes.kept, modes.power, 0.0)
+    return SiaReading(holder=result.holder, spectrum_width=result.width,
+                      koopman_frequency=modes.frequency, koopman_growth=jnp.maximum(modes.growth, -1e300),
+                      koopman_power=power, paley_wiener_integral=jnp.minimum(integral, 1e300))
+
+
+def refresh_weight(smoothing: float, refresh_steps: int) -> float:
+    """EMA weight per refresh equivalent to the per-tick weight ``smoothing``: 1 − (1 − α)^R."""
+    return 1.0 - (1.0 - smoothing) ** refresh_steps
+
+
+def smooth_holder(smoothed: jax.Array, reading: jax.Array, weight: float) -> jax.Array:
+    """One EMA update of the smoothed Hölder exponent (started at ``BROWNIAN_HOLDER``)."""
+    return smoothed + weight * (reading - smoothed)
+
+
+def density_step(coarse_share: jax.Array, frozen: jax.Array, gap_ns: jax.Array, measured: jax.Array,
+                 config: PredictorConfig) -> tuple[jax.Array, jax.Array]:
+    """Sampling-density guard: ``(coarse_share, frozen)`` after one tick.
+
+    A gap is coarse when the finest wavelet scale spans more time than the Nyquist interval:
+    ``wtmm_min_scale · gap > besov_nyquist_interval_ns``. ``coarse_share`` is an EMA of that
+    indicator over half a buffer (weight 2/B), updated only on ticks with a ``measured`` gap.
+    The branch freezes when the share exceeds 1/2 — the median recent gap is too coarse — and
+    is released when it falls below 1/4.
+    """
+    coarse = config.wtmm_min_scale * gap_ns.astype(jnp.float64) > config.besov_nyquist_interval_ns
+    share = coarse_share + (2.0 / config.wtmm_buffer_size) * (coarse.astype(jnp.float64) - coarse_share)
+    share = jnp.where(measured, share, coarse_share)
+    frozen = jnp.where(frozen, share >= COARSE_SHARE_RELEASE, share > COARSE_SHARE_FREEZE)
+    return share, frozen
+
+
+def breaker_step(emergency: jax.Array, holder: jax.Array, holder_threshold: float,
+                 dimension_threshold: float, margin: float) -> jax.Array:
     """Circuit breaker with hysteresis on the smoothed Hölder exponent ``holder``.
 
     Enter when H < holder_threshold or the graph dimension 2 − H > dimension_threshold + margin;
