@@ -7,9 +7,12 @@
 * accuracy: bias and standard deviation of the Hölder estimate on exact 128-point fBm for
   H = 0.2 … 0.8, side by side with a plain DFA-1 estimator run on the same paths, and the mean
   relative error on 4096-point fBm (the acceptance figure);
-* online: 128-sample windows sliding one tick at a time along Gaussian random walks and along
-  fBm with H = 0.2 — raw estimates, EMA-smoothed estimates (several weights), and the share of
-  time a circuit breaker with hysteresis (on below 0.4, off above 0.4 + margin) would be on.
+* online: the predictor itself (``step_batch``, default config) on Gaussian random walks and on
+  fBm with H = 0.2 — the share of post-calibration ticks in emergency mode, for the default
+  ``holder_smoothing`` and its neighbours, and the smoothed exponent;
+* predictor cost: what the engine adds to one predictor step — single-asset step latency on
+  refresh ticks and on the others, and ``step_batch`` throughput at 1000 assets against the same
+  config with the engine refreshed only once (``wtmm_refresh_steps`` = 65536).
 
 Prints tables and writes ``benchmarks/results/wtmm.json``.
 
@@ -31,8 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import usp  # noqa: F401  (x64)
+from usp import ColumnarBatch, FunctionalPredictor, ProcessState, UniversalPredictor
+from usp.adapters.clocks import ReplayClock
 from usp.domain import PredictorConfig
-from usp.domain.sia import holder_exponent, wtmm
+from usp.domain._core import Out
+from usp.domain.sia import holder_exponent, koopman_spectrum, paley_wiener, wtmm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fbm import fbm  # the exact generator of the tests
@@ -57,7 +63,8 @@ def bench_cost(config: PredictorConfig, batch: int, chunk: int) -> list[dict]:
     one = jnp.asarray(rng.standard_normal(128).cumsum())
     many = jnp.asarray(rng.standard_normal((batch, 128)).cumsum(axis=1))
     rows = []
-    for name, fn in (("wtmm", wtmm), ("holder_exponent", holder_exponent)):
+    for name, fn in (("wtmm", wtmm), ("holder_exponent", holder_exponent), ("koopman_spectrum", koopman_spectrum),
+                     ("paley_wiener", paley_wiener)):
         single = jax.jit(lambda x, f=fn: f(x, config))
         batched = jax.jit(jax.vmap(lambda x, f=fn: f(x, config)))
         chunked = jax.jit(lambda xs, f=fn: jax.tree_util.tree_map(
@@ -115,66 +122,96 @@ def bench_accuracy(config: PredictorConfig, paths: int) -> dict:
     return {"n128": short, "n128_paths": paths, "dfa_scales": dfa_scales.tolist(), "n4096": long}
 
 
-def breaker_time(smoothed: np.ndarray, enter: float, leave: float) -> float:
-    """Share of ticks a breaker is on that switches on below `enter` and off above `leave`."""
-    on, count = False, 0
-    for value in smoothed:
-        on = value < enter if not on else value <= leave
-        count += on
-    return count / smoothed.size
+T0 = 1_800_000_000_000_000_000
+MS = 1_000_000
 
 
-def bench_online(config: PredictorConfig, ticks: int, repeats: int) -> dict:
-    estimate = jax.jit(jax.vmap(lambda x: holder_exponent(x, config)))
-    enter = config.holder_threshold
-    margins = (config.robustness_hysteresis_margin, 0.05, 0.0)
+def bench_online(config: PredictorConfig, ticks: int, paths: int) -> dict:
+    """Emergency share of the real predictor (step_batch) on random walks and on fBm, H = 0.2."""
+    buffer = config.wtmm_buffer_size
+    length = buffer + ticks
+    walks = np.cumsum(np.random.default_rng(77).standard_normal((paths, length)), axis=1)
+    rough = np.stack([fbm(length, 0.2, np.random.default_rng(7_000 + p)) for p in range(paths)])
+    series = np.concatenate([walks, rough])
     out = {}
-    for label, h in (("random_walk", 0.5), ("fbm_0.2", 0.2)):
-        raw_all, rows = [], {}
-        smooth = {alpha: [] for alpha in sorted({config.holder_smoothing, 0.05, 0.02, 0.01, 0.005},
-                                                reverse=True)}
-        for r in range(repeats):
-            rng = np.random.default_rng(77 + r)
-            path = (np.cumsum(rng.standard_normal(ticks + 127)) if label == "random_walk"
-                    else fbm(ticks + 127, h, rng))
-            raw = np.asarray(estimate(jnp.asarray(np.lib.stride_tricks.sliding_window_view(path, 128))))
-            raw_all.append(raw)
-            for alpha in smooth:
-                state, values = raw[0], np.empty_like(raw)
-                for i, value in enumerate(raw):
-                    state += alpha * (value - state)
-                    values[i] = state
-                smooth[alpha].append(values[int(3 / alpha):])  # past the EMA's start-up
-        raw = np.concatenate(raw_all)
-        for alpha, parts in smooth.items():
-            values = np.concatenate(parts)
-            rows[str(alpha)] = {"mean": float(values.mean()), "std": float(values.std()),
-                                "share_below_threshold": float(np.mean(values < enter)),
-                                "breaker_on_share_by_margin": {
-                                    str(m): float(np.mean([breaker_time(p, enter, enter + m) for p in parts]))
-                                    for m in margins}}
-        out[label] = {"raw_mean": float(raw.mean()), "raw_std": float(raw.std()),
-                      "raw_share_below_threshold": float(np.mean(raw < enter)), "smoothed": rows}
-    out.update({"ticks_per_path": ticks, "paths": repeats, "enter_below": enter, "margins": list(margins)})
-    return out
+    for alpha in (4 * config.holder_smoothing, 2 * config.holder_smoothing, config.holder_smoothing,
+                  config.holder_smoothing / 2):
+        predictor = FunctionalPredictor(attrs.evolve(config, holder_smoothing=alpha), clock=ReplayClock())
+        states = predictor.init_state(2 * paths)
+        emergency, holder = [], None
+        for t in range(length):
+            states, batch = predictor.step_batch(states, ColumnarBatch(series[:, t], np.full(2 * paths, T0 + t * MS)))
+            if t >= buffer - 1:
+                emergency.append(batch.outputs[:, Out.EMERGENCY] > 0)
+            holder = batch.outputs[:, Out.HOLDER]
+        share = np.mean(emergency, axis=0)
+        out[str(alpha)] = {"random_walk_share": float(share[:paths].mean()),
+                           "random_walk_worst_path": float(share[:paths].max()),
+                           "fbm_0.2_share": float(share[paths:].mean()),
+                           "fbm_0.2_worst_path": float(share[paths:].min()),
+                           "random_walk_holder": float(holder[:paths].mean()),
+                           "fbm_0.2_holder": float(holder[paths:].mean())}
+        print(f"  online α={alpha:g}: random walk {100 * share[:paths].mean():.1f}% (worst "
+              f"{100 * share[:paths].max():.1f}%), H=0.2 {100 * share[paths:].mean():.1f}% (worst "
+              f"{100 * share[paths:].min():.1f}%)", flush=True)
+    return {"ticks_after_calibration": ticks, "paths": paths, "default_smoothing": config.holder_smoothing,
+            "by_smoothing": out}
+
+
+def bench_predictor_cost(config: PredictorConfig, assets: int, rounds: int) -> dict:
+    """What the engine adds to one predictor step, single asset and in a batch."""
+    refresh = config.wtmm_refresh_steps
+    predictor = UniversalPredictor(config, clock=ReplayClock())
+    series = np.cumsum(np.random.default_rng(0).standard_normal(300 + rounds * refresh))
+    predictor.fit_history(series[:300])
+    on, off = [], []
+    for i, value in enumerate(series[300:]):
+        due = bool(predictor._functional.refresh_due(predictor._state))
+        started = time.perf_counter_ns()
+        predictor.step_raw(ProcessState(float(value), T0 + i * MS))
+        (on if due else off).append((time.perf_counter_ns() - started) / 1e3)
+    single = {"refresh_tick_p50_us": float(np.median(on[2:])), "other_tick_p50_us": float(np.median(off[50:])),
+              "refresh_ticks": len(on)}
+    single["added_per_tick_us"] = (single["refresh_tick_p50_us"] - single["other_tick_p50_us"]) / refresh
+    rates = {}
+    for label, steps in (("engine", refresh), ("engine_once", 65_536)):
+        functional = FunctionalPredictor(attrs.evolve(config, wtmm_refresh_steps=steps), clock=ReplayClock())
+        values = np.cumsum(np.random.default_rng(1).standard_normal((config.wtmm_buffer_size + 6 * refresh,
+                                                                     assets)), axis=0)
+        states = functional.init_state(assets)
+        for t in range(config.wtmm_buffer_size + refresh):  # past calibration, compiled
+            states, _ = functional.step_batch(states, ColumnarBatch(values[t], np.full(assets, T0 + t * MS)))
+        measured = []
+        for r in range(5):  # each round covers one refresh of every asset
+            started = time.perf_counter()
+            for t in range(refresh):
+                k = config.wtmm_buffer_size + refresh + (r * refresh + t) % (5 * refresh)
+                states, _ = functional.step_batch(states, ColumnarBatch(values[k], np.full(assets, T0 + k * MS)))
+            measured.append(refresh * assets / (time.perf_counter() - started))
+        rates[label] = float(np.median(measured))
+    batch = {"assets": assets, "asset_steps_per_s": rates["engine"],
+             "asset_steps_per_s_engine_once": rates["engine_once"],
+             "added_us_per_asset_step": 1e6 / rates["engine"] - 1e6 / rates["engine_once"]}
+    return {"refresh_steps": refresh, "single": single, "batch": batch}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=400, help="128-point fBm paths per H")
-    parser.add_argument("--ticks", type=int, default=4000, help="ticks per online path")
-    parser.add_argument("--repeats", type=int, default=4, help="online paths per process")
+    parser.add_argument("--ticks", type=int, default=8000, help="online ticks after calibration")
+    parser.add_argument("--online-paths", type=int, default=32, help="online paths of each kind")
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
     config = PredictorConfig()
     load_before = os.getloadavg()
     cost = bench_cost(config, args.batch, 8)
     cost += bench_cost(attrs.evolve(config, wtmm_voices_per_octave=4), args.batch, 8)
+    predictor_cost = bench_predictor_cost(config, args.batch, 40)
     accuracy = bench_accuracy(config, args.paths)
-    online = bench_online(config, args.ticks, args.repeats)
+    online = bench_online(config, args.ticks, args.online_paths)
     result = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "cost": cost, "accuracy": accuracy, "online": online}
+              "cost": cost, "predictor_cost": predictor_cost, "accuracy": accuracy, "online": online}
 
     print("cost per call on a 128-sample buffer (µs; median / best)")
     print(f"{'function':17s} {'v':>2s} {'single':>15s} {'vmap 1000':>15s} {'chunked 8':>15s}")
@@ -183,6 +220,13 @@ def main() -> None:
               f"{row['single_median_us']:7.0f} / {row['single_best_us']:5.0f} "
               f"{row['vmap_median_us_per_buffer']:7.0f} / {row['vmap_best_us_per_buffer']:5.0f} "
               f"{row['chunked_median_us_per_buffer']:7.0f} / {row['chunked_best_us_per_buffer']:5.0f}")
+    single, batch = predictor_cost["single"], predictor_cost["batch"]
+    print(f"\npredictor step (refresh every {predictor_cost['refresh_steps']} ticks): single asset p50 "
+          f"{single['refresh_tick_p50_us']:.0f} µs on refresh ticks, {single['other_tick_p50_us']:.0f} µs "
+          f"otherwise (+{single['added_per_tick_us']:.1f} µs per tick on average); step_batch "
+          f"{batch['assets']} assets {batch['asset_steps_per_s']:,.0f} asset-steps/s against "
+          f"{batch['asset_steps_per_s_engine_once']:,.0f} with the engine run once "
+          f"(+{batch['added_us_per_asset_step']:.2f} µs per asset-step)")
     print(f"\nHölder estimate on 128-point fBm ({args.paths} paths per H)")
     print(f"{'H':>4s} {'WTMM bias':>10s} {'WTMM std':>9s} {'DFA bias':>9s} {'DFA std':>8s}")
     for row in accuracy["n128"]:
@@ -190,16 +234,12 @@ def main() -> None:
               f"{row['dfa_std']:8.3f}")
     print("\n4096-point fBm, 20 seeds: " + ", ".join(
         f"H={row['H']}: rel. error {100 * row['mean_relative_error']:.1f}%" for row in accuracy["n4096"]))
-    print(f"\nonline 128-sample buffer ({args.repeats} × {args.ticks} ticks; breaker on below "
-          f"{online['enter_below']}, off above {online['enter_below']} + margin, margins {online['margins']})")
-    for label in ("random_walk", "fbm_0.2"):
-        part = online[label]
-        print(f"{label:12s} raw {part['raw_mean']:.3f} ± {part['raw_std']:.3f} "
-              f"(below {online['enter_below']}: {100 * part['raw_share_below_threshold']:.0f}%)")
-        for alpha, row in part["smoothed"].items():
-            shares = " / ".join(f"{100 * v:4.1f}%" for v in row["breaker_on_share_by_margin"].values())
-            print(f"{'':12s} EMA α={alpha:<5s} {row['mean']:.3f} ± {row['std']:.3f}  below: "
-                  f"{100 * row['share_below_threshold']:5.1f}%  breaker on: {shares}")
+    print(f"\nonline predictor, {args.online_paths} paths × {args.ticks} ticks after calibration: share "
+          "of ticks in emergency")
+    print(f"{'holder_smoothing':>16s} {'random walk':>12s} {'worst':>7s} {'fBm 0.2':>8s} {'worst':>7s}")
+    for alpha, row in online["by_smoothing"].items():
+        print(f"{alpha:>16s} {100 * row['random_walk_share']:11.1f}% {100 * row['random_walk_worst_path']:6.1f}% "
+              f"{100 * row['fbm_0.2_share']:7.1f}% {100 * row['fbm_0.2_worst_path']:6.1f}%")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")

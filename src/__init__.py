@@ -51,12 +51,12 @@ from .domain import (
 from .domain._events import EventCode
 
 __all__ = [
-    "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError",
-    "Event", "EventCode", "FreezingTopologicalBranchEvent", "FrequencyWarning", "FrozenSignalAlarmEvent", "FrozenSignalReleasedEvent",
-    "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec", "LowEpsilonEvent",
-    "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode", "OutOfOrderRejectedEvent",
-    "OutlierRejectedEvent", "PredictionResult", "PredictorConfig", "ProcessState", "RegimeChangedEvent",
-    "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SparseArrivalEvent", "StaleDataEvent",
-    "StalenessWarning", "Telemetry", "TimestampError", "TopologicalBranchReleasedEvent", "USPError", "UniversalPredictor", "Window",
-    "load_config",
+    "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError", "Event",
+    "EventCode", "FreezingTopologicalBranchEvent", "FrequencyWarning", "FrozenSignalAlarmEvent",
+    "FrozenSignalReleasedEvent", "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec",
+    "LowEpsilonEvent", "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode",
+    "OutOfOrderRejectedEvent", "OutlierRejectedEvent", "PredictionResult", "PredictorConfig", "ProcessState",
+    "RegimeChangedEvent", "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SparseArrivalEvent",
+    "StaleDataEvent", "StalenessWarning", "Telemetry", "TimestampError", "TopologicalBranchReleasedEvent",
+    "USPError", "UniversalPredictor", "Window", "load_config",
 ]

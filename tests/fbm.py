@@ -68,3 +68,25 @@ def cascade_tau(q: np.ndarray, p: float) -> np.ndarray:
     """The exact scaling function τ(q) = −log2(p^q + (1 − p)^q) of the binomial cascade."""
     q = np.asarray(q, dtype=np.float64)
     return -np.log2(p ** q + (1.0 - p) ** q)
+
+
+def ornstein_uhlenbeck(n: int, relaxation: float, rng: np.random.Generator, block: int = 256) -> np.ndarray:
+    """n unit-interval samples of a stationary unit-variance Ornstein–Uhlenbeck process with
+    relaxation time ``relaxation`` (samples), exactly: x_t = φ x_{t−1} + √(1 − φ²) ξ_t, φ = e^{−1/θ}.
+
+    Rough like Brownian motion (H = 1/2) on scales well below θ, stationary noise above it. The
+    recursion runs in closed form inside blocks (φ^{−j} stays near 1 there) and carries the
+    block ends forward, so it costs a few numpy passes instead of a Python loop per sample.
+    """
+    phi = np.exp(-1.0 / relaxation)
+    blocks = -(-n // block)
+    noise = rng.standard_normal((blocks, block)) * np.sqrt(1.0 - phi * phi)
+    noise[0, 0] = rng.standard_normal()  # x_0 from the stationary law
+    powers = phi ** np.arange(block)
+    inner = np.cumsum(noise / powers, axis=1) * powers  # each block started from 0
+    starts = np.empty(blocks)
+    carry = 0.0
+    for b in range(blocks):  # x entering block b, propagated one step into it
+        starts[b] = carry
+        carry = phi * (carry * powers[-1] + inner[b, -1])
+    return (inner + starts[:, None] * powers).reshape(-1)[:n]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..domain import FrequencyWarning, PredictorConfig, StalenessWarning
-from ..domain._core import UNTIMED, CoreState, Out, make_core
+from ..domain._core import UNTIMED, CoreState, Out, make_core, refresh_due
 from ..domain._events import EventCode
 from ..ports import Clock
 from ..ports.state_store import StateStore, StoreEvent
@@ -62,6 +62,8 @@ class CompiledCore:
     init_batch: Any
     step: Any
     step_batch: Any
+    read: Any
+    read_batch: Any
     scan: Any
     scan_batch: Any
 
@@ -72,34 +74,28 @@ class CompiledCore:
 BATCH_CHUNK = 256
 
 
-def chunked_vmap(step, refresh_due, chunk: int):
-    """``vmap(step)`` over a leading asset axis, evaluated ``chunk`` assets at a time.
+def chunked_vmap(fn, chunk: int):
+    """``vmap(fn)`` over the leading (asset) axis of every argument, ``chunk`` assets at a time.
 
     Full chunks go through ``lax.map``; the remainder is one more vmap. Every asset's arithmetic
-    is the vmapped step's, and shapes are static, so it compiles once per batch size. Each chunk
-    runs the roughness analysis only when one of its assets is due (an unbatched flag, so the
-    vmapped ``lax.cond`` stays a branch): assets ticking in step share their refresh ticks.
+    is the vmapped function's, and shapes are static, so it compiles once per batch size.
     """
-    vstep = jax.vmap(step, in_axes=(0, 0, 0, None, None))
+    vfn = jax.vmap(fn)
 
-    def run_chunk(states, values, stamps, now):
-        return vstep(states, values, stamps, now, jnp.any(jax.vmap(refresh_due)(states)))
-
-    def run(states, values, stamps, now):
-        n = values.shape[0]
+    def run(*args):
+        n = jax.tree_util.tree_leaves(args)[0].shape[0]
         full = (n // chunk) * chunk
         if full == 0 or n <= chunk:
-            return run_chunk(states, values, stamps, now)
+            return vfn(*args)
 
         def head(a):
             return a[:full].reshape((full // chunk, chunk, *a.shape[1:]))
 
-        mapped = jax.lax.map(lambda args: run_chunk(*args, now),
-                             (jax.tree_util.tree_map(head, states), head(values), head(stamps)))
+        mapped = jax.lax.map(lambda chunk_args: vfn(*chunk_args), jax.tree_util.tree_map(head, args))
         mapped = jax.tree_util.tree_map(lambda a: a.reshape((full, *a.shape[2:])), mapped)
         if full == n:
             return mapped
-        rest = run_chunk(jax.tree_util.tree_map(lambda a: a[full:], states), values[full:], stamps[full:], now)
+        rest = vfn(*jax.tree_util.tree_map(lambda a: a[full:], args))
         return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), mapped, rest)
 
     return run
@@ -112,22 +108,31 @@ def compiled_core(config: PredictorConfig, kernels: tuple, batch_chunk: int = BA
     Memoised so that many predictors with one configuration — one per asset, or re-created on
     reload — share traced and compiled graphs instead of re-tracing each time.
     """
-    init, step, refresh_due = make_core(config, kernels)
-    step_batch = chunked_vmap(step, refresh_due, batch_chunk)
+    init, step, due, read = make_core(config, kernels)
+    read_batch = chunked_vmap(read, batch_chunk)
+
+    def step_batch(states, values, stamps, now, readings):
+        return chunked_vmap(lambda s, y, t, r: step(s, y, t, now, r), batch_chunk)(states, values, stamps, readings)
 
     def scan(state, values):
         untimed = jnp.full(values.shape, UNTIMED, jnp.int64)
-        return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0)), state, (values, untimed))
+        return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0), None), state, (values, untimed))
 
     def scan_batch(states, values):
         """History of N assets: float64[N, T], scanned over time with the batched step."""
         untimed = jnp.full(values.shape[0], UNTIMED, jnp.int64)
-        states, outputs = jax.lax.scan(lambda s, column: step_batch(s, column, untimed, jnp.int64(0)),
-                                       states, values.T)
+
+        def tick(s, column):
+            readings = jax.lax.cond(jnp.any(jax.vmap(due)(s.count, s.sia_age)),
+                                    lambda: read_batch(s.window, column), lambda: s.sia)
+            return step_batch(s, column, untimed, jnp.int64(0), readings)
+
+        states, outputs = jax.lax.scan(tick, states, values.T)
         return states, jnp.swapaxes(outputs, 0, 1)
 
     return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init)), step=jax.jit(step),
-                        step_batch=jax.jit(step_batch), scan=jax.jit(scan), scan_batch=jax.jit(scan_batch))
+                        step_batch=jax.jit(step_batch), read=jax.jit(read), read_batch=jax.jit(read_batch),
+                        scan=jax.jit(scan), scan_batch=jax.jit(scan_batch))
 
 
 @attrs.frozen
@@ -195,7 +200,8 @@ def result_from_output(output: np.ndarray, kernel_names: tuple[str, ...], timest
         singularity_spectrum_width=out[Out.SPECTRUM_WIDTH], koopman_frequencies=tuple(koopman[:k]),
         koopman_growth_rates=tuple(koopman[k:2 * k]), koopman_powers=tuple(koopman[2 * k:]),
         paley_wiener_integral=out[Out.PALEY_WIENER], paley_wiener_regular=bool(out[Out.PW_REGULAR]),
-        topological_branch_frozen=bool(out[Out.BRANCH_FROZEN]), events=decode_events(int(out[Out.EVENTS]), timestamp_ns))
+        topological_branch_frozen=bool(out[Out.BRANCH_FROZEN]),
+        events=decode_events(int(out[Out.EVENTS]), timestamp_ns))
     return PredictionResult(out[Out.PREDICTION], out[Out.LOWER], out[Out.UPPER], int(out[Out.MODE]),
                             telemetry, request_id)
 
@@ -223,6 +229,7 @@ class FunctionalPredictor:
         core = compiled_core(self.config, self.kernels, batch_chunk)
         self._init, self._init_batch = core.init, core.init_batch
         self._step, self._step_batch = core.step, core.step_batch
+        self._read, self._read_batch = core.read, core.read_batch
         self._scan, self._scan_batch = core.scan, core.scan_batch
 
     # -- state ---------------------------------------------------------------------------
@@ -235,6 +242,21 @@ class FunctionalPredictor:
             raise ValueError(f"n_assets must be >= 1, got {n_assets}")
         return self._init_batch(jax.random.split(key, n_assets))
 
+    def refresh_due(self, state: CoreState) -> bool | np.ndarray:
+        """Whether the next accepted tick re-reads the roughness buffer (the ~100 µs WTMM,
+        Koopman and Paley–Wiener analysis, every ``wtmm_refresh_steps`` ticks); per asset for a
+        batched state."""
+        due = refresh_due(np.asarray(state.count), np.asarray(state.sia_age), self.config.wtmm_buffer_size,
+                          self.config.wtmm_refresh_steps)
+        return due if due.ndim else bool(due)
+
+    def warm_up(self, state: CoreState | None = None) -> None:
+        """Compile the single-asset step and the roughness reading now, so that neither the first
+        tick nor the first refresh (tick ``wtmm_buffer_size``) waits on the compiler."""
+        state = self.init_state() if state is None else state
+        jax.block_until_ready(self._step(state, 0.0, UNTIMED, 0, state.sia))
+        jax.block_until_ready(self._read(state.window, 0.0))
+
     # -- ticks -----------------------------------------------------------------------------
     def _now(self, timestamp_ns: int) -> int:
         self.clock.observe(timestamp_ns)
@@ -245,7 +267,8 @@ class FunctionalPredictor:
         value = to_magnitude(obs.magnitude)
         timestamp_ns = obs.timestamp_ns
         now = self._now(timestamp_ns)
-        new_state, output = self._step(state, value, timestamp_ns, now)
+        reading = self._read(state.window, value) if self.refresh_due(state) else state.sia
+        new_state, output = self._step(state, value, timestamp_ns, now, reading)
         return new_state, np.asarray(output), timestamp_ns
 
     def step(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, PredictionResult]:
@@ -272,7 +295,8 @@ class FunctionalPredictor:
             raise DomainError(f"batch of {values.shape[0] if values.ndim else 0} observations for "
                               f"{expected} asset states")
         now = self._now(int(stamps.max()) if stamps.size else 0)
-        new_states, outputs = self._step_batch(states, values, stamps, now)
+        readings = self._read_batch(states.window, values) if self.refresh_due(states).any() else states.sia
+        new_states, outputs = self._step_batch(states, values, stamps, now, readings)
         return new_states, BatchPrediction(np.asarray(outputs), self.kernel_names, stamps)
 
     # -- history ---------------------------------------------------------------------------
@@ -306,7 +330,8 @@ class UniversalPredictor:
 
     Stale ticks raise a ``StalenessWarning`` and sparse ones a ``FrequencyWarning`` (Python
     warnings, also logged and recorded as events); rejected ticks return the last valid result
-    with a rejection event in its telemetry.
+    with a rejection event in its telemetry. The constructor compiles the step and the roughness
+    reading (``FunctionalPredictor.warm_up``), so no tick waits on the compiler.
     """
 
     def __init__(self, config: PredictorConfig | None = None, clock: Clock | None = None, *,
@@ -320,6 +345,8 @@ class UniversalPredictor:
         self._variants: dict[int, FunctionalPredictor] = {}
         if load_shedding:
             self._enable_load_shedding(load_shedding)
+        else:
+            self._functional.warm_up(self._state)  # no tick, not even the first refresh, compiles
 
     # -- load shedding (spec §18–19) -------------------------------------------------------
     def _enable_load_shedding(self, load_shedding: LoadSheddingController | bool) -> None:
@@ -332,7 +359,7 @@ class UniversalPredictor:
         for depth, config in depth_variants(self.config, controller.policy.depths).items():
             variant = base if config == self.config else FunctionalPredictor(
                 config, clock=base.clock, kernels=base.kernels)
-            jax.block_until_ready(variant._step(self._state, 0.0, UNTIMED, 0))  # compile now
+            variant.warm_up(self._state)
             self._variants[depth] = variant
         self._shedding = controller
         self._functional = self._variants[controller.depth]

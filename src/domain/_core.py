@@ -1,17 +1,22 @@
 """The predictor state pytree and the tick transition ``core_step`` (model.md §2).
 
-``make_core(config, kernels)`` returns ``(init, step, refresh_due)``, pure functions closed over the static
-configuration and kernel set:
+``make_core(config, kernels)`` returns ``(init, step, refresh_due, read)``, pure functions closed
+over the static configuration and kernel set:
 
 * ``init(key) -> CoreState``
-* ``step(state, y, timestamp_ns, now_ns[, analyse]) -> (CoreState, output)`` where ``output``
+* ``step(state, y, timestamp_ns, now_ns, sia_reading) -> (CoreState, output)`` where ``output``
   is one float64 vector (layout ``Out``) so that the host fetches a tick's result in one transfer.
-* ``refresh_due(state) -> bool``: whether the next accepted tick re-reads the roughness buffer.
+* ``refresh_due(count, sia_age) -> bool``: whether the next accepted tick re-reads the roughness
+  buffer (:func:`refresh_due` is the same rule in numpy, for hosts).
+* ``read(window, y) -> float64[Sia.length(k)]``: the identification engine on the buffer that
+  tick would hold.
 
-The identification engine (WTMM, about 100 µs) runs inside a ``lax.cond`` only on refresh ticks.
-Under ``vmap`` a batched predicate would make both branches run for every asset, so a batched
-caller passes ``analyse`` unbatched — ``any(refresh_due)`` over the batch — and each asset still
-takes the new reading only on its own refresh ticks: the numbers do not depend on batching.
+The engine costs about 100 µs, so it runs only on refresh ticks, and outside the step: the host
+(which knows ``count`` and ``sia_age``) calls ``read`` on refresh ticks and passes the reading
+in; on other ticks it passes ``state.sia`` back, which the step ignores. A ``lax.cond`` inside the
+step would do the same, but on CPU a conditional in the compiled step costs about 100 µs on every
+tick, taken or not. Only the ``lax.scan`` of ``fit_history`` uses one (``sia_reading=None``).
+An asset adopts a reading only on its own refresh ticks, so the numbers do not depend on batching.
 
 A tick that is rejected (non-finite value, catastrophic outlier, out-of-order timestamp)
 returns the previous state *bit-identically* and the last valid output with the rejection
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._config import PredictorConfig
 from ._cusum import MonitorState, monitor_init, monitor_step
@@ -33,7 +39,7 @@ from ._fusion import fuse
 from ._kernel import KernelSpec, Window
 from ._pytree import pytree
 from ._roughness import (
-    SiaReading,
+    Sia,
     analyse_buffer,
     breaker_step,
     density_step,
@@ -98,7 +104,7 @@ class CoreState:
     dual_f: jnp.ndarray            # float64[n], Sinkhorn warm start
     dual_g: jnp.ndarray            # float64[n]
     holder: jnp.ndarray            # float64, smoothed Hölder exponent (drives the breaker)
-    sia: SiaReading                # last reading of the identification engine
+    sia: jnp.ndarray               # float64[Sia.length(k)], last reading of the identification engine
     sia_age: jnp.ndarray           # int32, accepted ticks since that reading (saturates at refresh)
     coarse_share: jnp.ndarray      # float64, EMA share of gaps too coarse for the finest scale
     branch_frozen: jnp.ndarray     # bool, topological branch (reading and breaker) frozen
@@ -119,8 +125,15 @@ def _standardised_loss(errors, sigma, huber, delta):
     return transport_cost(errors / sigma, huber, delta)
 
 
+def refresh_due(count, sia_age, buffer: int, refresh: int, xp=np):
+    """The next accepted tick re-reads the roughness buffer: it fills it (count + 1 = buffer) or
+    the reading is ``refresh`` ticks old. ``xp``: numpy (hosts) or jax.numpy (inside jit)."""
+    count = xp.asarray(count) + 1
+    return (count == buffer) | ((count > buffer) & (xp.asarray(sia_age) + 1 >= refresh))
+
+
 def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
-    """Build the pure ``(init, step, refresh_due)`` for a static config and kernel set."""
+    """Build the pure ``(init, step, refresh_due, read)`` for a static config and kernel set."""
     kernels = tuple(kernels)
     n = len(kernels)
     names = tuple(k.name for k in kernels)
@@ -146,19 +159,27 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             monitor=monitor_init(config.kurtosis_window),
             energies=jnp.zeros(n), log_weights=uniform, dual_f=jnp.zeros(n), dual_g=jnp.zeros(n),
             holder=jnp.float64(0.5), sia=initial_reading(config), sia_age=jnp.int32(0),
-            coarse_share=jnp.float64(0.0), branch_frozen=jnp.bool_(False), emergency=jnp.bool_(False), stale_degraded=jnp.bool_(False),
+            coarse_share=jnp.float64(0.0), branch_frozen=jnp.bool_(False), emergency=jnp.bool_(False),
+            stale_degraded=jnp.bool_(False),
             fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
             lively_streak=jnp.int32(0), incr_var=jnp.float64(0.0),
             interval_log_scale=jnp.float64(0.0), key=keys[0], kernels=kernel_states,
             last_output=last.at[Out.EPSILON].set(config.epsilon))
 
-    def refresh_due(state: CoreState) -> jax.Array:
-        """The next accepted tick re-reads the buffer: it fills it, or the reading is old enough."""
-        count = state.count + 1
-        return (count == buffer) | ((count > buffer) & (state.sia_age + 1 >= refresh))
+    def due(count: jax.Array, sia_age: jax.Array) -> jax.Array:
+        return refresh_due(count, sia_age, buffer, refresh, jnp)
+
+    def admissible(y: jax.Array) -> jax.Array:
+        return jnp.isfinite(y) & (jnp.abs(y) <= MAGNITUDE_LIMIT)
+
+    def read(window: jax.Array, y: jax.Array) -> jax.Array:
+        """The engine's reading of the last ``wtmm_buffer_size`` samples once ``y`` is appended."""
+        y = jnp.asarray(y, jnp.float64)
+        y_safe = jnp.where(admissible(y), y, window[-1])
+        return analyse_buffer(jnp.concatenate([window[size - buffer + 1:], y_safe[None]]), config)
 
     def step(state: CoreState, y: jax.Array, timestamp_ns: jax.Array, now_ns: jax.Array,
-             analyse: jax.Array | None = None):
+             sia_reading: jax.Array | None):
         y = jnp.asarray(y, jnp.float64)
         timestamp_ns = jnp.asarray(timestamp_ns, jnp.int64)
         now_ns = jnp.asarray(now_ns, jnp.int64)
@@ -168,7 +189,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         sigma_prev = jnp.sqrt(jnp.maximum(state.monitor.resid_var, VARIANCE_FLOOR))
 
         # 1. host checks (as data) ------------------------------------------------------------
-        finite = jnp.isfinite(y) & (jnp.abs(y) <= MAGNITUDE_LIMIT)
+        finite = admissible(y)
         y_safe = jnp.where(finite, y, state.window[-1])
         residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
         warm = state.monitor.n_resid >= buffer
@@ -224,14 +245,13 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         coarse_share, branch_frozen = density_step(
             state.coarse_share, state.branch_frozen, timestamp_ns - state.last_timestamp_ns,
             timed & seen_time, config)
-        due = refresh_due(state)
-        reread = due & ~branch_frozen
-        analyse = due if analyse is None else analyse
-        fresh_reading = jax.lax.cond(analyse, lambda b: analyse_buffer(b, config), lambda b: state.sia,
-                                     window[-buffer:])
-        sia = jax.tree_util.tree_map(lambda new, old: jnp.where(reread, new, old), fresh_reading, state.sia)
+        is_due = due(state.count, state.sia_age)
+        reread = is_due & ~branch_frozen
+        if sia_reading is None:  # inside lax.scan: the host cannot pick the refresh ticks
+            sia_reading = jax.lax.cond(is_due, lambda: read(state.window, y), lambda: state.sia)
+        sia = jnp.where(reread, sia_reading, state.sia)
         sia_age = jnp.where(reread, 0, jnp.minimum(state.sia_age + 1, refresh))
-        holder = jnp.where(reread, smooth_holder(state.holder, sia.holder, holder_weight), state.holder)
+        holder = jnp.where(reread, smooth_holder(state.holder, sia[Sia.HOLDER], holder_weight), state.holder)
         emergency = jnp.where(calibrating, False,
                               jnp.where(branch_frozen, state.emergency,
                                         breaker_step(state.emergency, holder, config.holder_threshold,
@@ -271,9 +291,9 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         one_hot = (jnp.where(jnp.arange(n) == d_index, 0.0, LOG_WEIGHT_FLOOR) if d_index >= 0 else moved)
         freeze_weights = degraded | stale | sparse | ~has_prev
         log_weights = jnp.where(freeze_weights, state.log_weights, moved)
-        log_weights = jnp.where(forced, one_hot, log_weights)
         uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         log_weights = jnp.where(alarm, uniform, log_weights)
+        log_weights = jnp.where(forced, one_hot, log_weights)  # the robustness postulate overrides a reset
         weights = jnp.exp(log_weights)
 
         # 7. kernels learn and predict ----------------------------------------------------------
@@ -323,11 +343,10 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             free_energy(weights, window_energy, epsilon), sink.error, sink.converged.astype(jnp.float64),
             epsilon, jnp.sqrt(jnp.maximum(resid_var, 0.0)), degraded.astype(jnp.float64),
             emergency.astype(jnp.float64), alarm.astype(jnp.float64), frozen.astype(jnp.float64),
-            calibrating.astype(jnp.float64), sia.holder, sia.spectrum_width, sia.paley_wiener_integral,
-            (sia.paley_wiener_integral <= config.paley_wiener_integral_max).astype(jnp.float64),
+            calibrating.astype(jnp.float64), sia[Sia.HOLDER], sia[Sia.WIDTH], sia[Sia.PALEY_WIENER],
+            (sia[Sia.PALEY_WIENER] <= config.paley_wiener_integral_max).astype(jnp.float64),
             branch_frozen.astype(jnp.float64)])
-        output = jnp.concatenate([head, weights, means, sia.koopman_frequency, sia.koopman_growth,
-                                  sia.koopman_power])
+        output = jnp.concatenate([head, weights, means, sia[Sia.KOOPMAN:]])
 
         new_state = CoreState(
             window=window, count=count,
@@ -349,4 +368,4 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         final_state = jax.tree_util.tree_map(lambda old, new: jnp.where(rejected, old, new), state, new_state)
         return final_state, jnp.where(rejected, rejected_output, output)
 
-    return init, step, refresh_due
+    return init, step, due, read

@@ -3,8 +3,8 @@ sampling-density guard and the circuit breaker.
 
 * :func:`analyse_buffer` runs the identification engine on the last ``wtmm_buffer_size``
   samples: the WTMM Hölder exponent and spectrum width, the Koopman modes and the Paley–Wiener
-  integral (``usp.domain.sia``). It costs about 100 µs, so the core runs it every
-  ``wtmm_refresh_steps`` accepted ticks and holds the reading in between.
+  integral (``usp.domain.sia``), packed as :class:`Sia`. It costs about 100 µs, so the core
+  runs it every ``wtmm_refresh_steps`` accepted ticks and holds the reading in between.
 * :func:`smooth_holder` is the EMA that drives the breaker. It starts from the Brownian value
   H = 1/2 rather than from the first, noisy reading (sd ≈ 0.1 on 128 samples): the breaker then
   needs evidence accumulated over several buffers before it calls a path rough.
@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from ._config import PredictorConfig
-from ._pytree import pytree
 from .sia import koopman_spectrum, paley_wiener, wtmm
 from .sia._spectral import delay_dimension
 from .sia._wtmm import make_plan
@@ -33,25 +32,24 @@ COARSE_SHARE_FREEZE = 0.5
 COARSE_SHARE_RELEASE = 0.25
 
 
-@pytree
-class SiaReading:
-    """The identification engine's last reading of the buffer (held between refreshes).
+class Sia:
+    """Layout of a reading of the identification engine: one float64 vector ``[3 + 3k]`` (one
+    leaf, so that it costs one buffer to dispatch), k = :func:`koopman_modes`.
 
-    Attributes:
-        holder: float64, WTMM Hölder exponent of the buffer (the h maximising D(h)).
-        spectrum_width: float64, width of the singularity spectrum (0 for a monofractal).
-        koopman_frequency: float64[k], cycles per unit of ``signal_sampling_interval``.
-        koopman_growth: float64[k], log|λ| per unit of ``signal_sampling_interval``.
-        koopman_power: float64[k], energy shares of the k strongest DMD modes (0 when dropped).
-        paley_wiener_integral: float64, ∫ |log f(λ)| / (1 + λ²) dλ of the increments.
+    * ``HOLDER``: WTMM Hölder exponent of the buffer (the h maximising D(h));
+    * ``WIDTH``: width of the singularity spectrum (0 for a monofractal);
+    * ``PALEY_WIENER``: ∫ |log f(λ)| / (1 + λ²) dλ of the increments (capped at 1e300);
+    * then the k strongest Koopman (DMD) modes: frequencies (cycles per unit of
+      ``signal_sampling_interval``), growth rates (log|λ| per unit), energy shares (0 when
+      below ``koopman_min_power``).
     """
 
-    holder: jax.Array
-    spectrum_width: jax.Array
-    koopman_frequency: jax.Array
-    koopman_growth: jax.Array
-    koopman_power: jax.Array
-    paley_wiener_integral: jax.Array
+    HOLDER, WIDTH, PALEY_WIENER = 0, 1, 2
+    KOOPMAN = 3
+
+    @staticmethod
+    def length(n_modes: int) -> int:
+        return Sia.KOOPMAN + 3 * n_modes
 
 
 def koopman_modes(config: PredictorConfig) -> int:
@@ -64,23 +62,20 @@ def validate_sia(config: PredictorConfig) -> None:
     make_plan(config.wtmm_buffer_size, config)
 
 
-def initial_reading(config: PredictorConfig) -> SiaReading:
+def initial_reading(config: PredictorConfig) -> jax.Array:
     """The reading before the buffer first fills: a Brownian path, no modes, PW integral 0."""
-    k = koopman_modes(config)
-    return SiaReading(holder=jnp.float64(BROWNIAN_HOLDER), spectrum_width=jnp.float64(0.0),
-                      koopman_frequency=jnp.zeros(k), koopman_growth=jnp.zeros(k), koopman_power=jnp.zeros(k),
-                      paley_wiener_integral=jnp.float64(0.0))
+    return jnp.zeros(Sia.length(koopman_modes(config))).at[Sia.HOLDER].set(BROWNIAN_HOLDER)
 
 
-def analyse_buffer(buffer: jax.Array, config: PredictorConfig) -> SiaReading:
-    """Run the identification engine on float64[wtmm_buffer_size] (oldest first)."""
+def analyse_buffer(buffer: jax.Array, config: PredictorConfig) -> jax.Array:
+    """Run the identification engine on float64[wtmm_buffer_size] (oldest first): a reading
+    laid out as :class:`Sia`."""
     result = wtmm(buffer, config)
     modes = koopman_spectrum(buffer, config)
     integral = paley_wiener(buffer, config).integral
-    power = jnp.where(modes.kept, modes.power, 0.0)
-    return SiaReading(holder=result.holder, spectrum_width=result.width,
-                      koopman_frequency=modes.frequency, koopman_growth=jnp.maximum(modes.growth, -1e300),
-                      koopman_power=power, paley_wiener_integral=jnp.minimum(integral, 1e300))
+    return jnp.concatenate([
+        jnp.stack([result.holder, result.width, jnp.minimum(integral, 1e300)]),
+        modes.frequency, jnp.maximum(modes.growth, -1e300), jnp.where(modes.kept, modes.power, 0.0)])
 
 
 def refresh_weight(smoothing: float, refresh_steps: int) -> float:
