@@ -136,7 +136,8 @@ def main() -> None:
         "kernels": kernels, "cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
         "first_prediction": first_prediction(kernels),
         "single_step": single_step_latency(config, 1000 if quick else 5000),
-        "step_batch": batch_throughput(config, (1, 100, 1000), 10 if quick else 30, 3 if quick else 5),
+        # each repeat spans wtmm_refresh_steps ticks: one roughness refresh per asset, as in steady state
+        "step_batch": batch_throughput(config, (1, 100, 1000), config.wtmm_refresh_steps, 2 if quick else 5),
         "fit_history": fit_history_time(config, 5000),
         "state_bytes_per_asset": state_bytes(config),
         "memory": memory_over_ticks(config, 10_000 if quick else 100_000),

@@ -234,6 +234,27 @@ def test_step_batch_equals_single_steps(functional, chunked, which):
     assert out[0].telemetry.kernel_names == ("A", "D", "M")
 
 
+def test_fit_history_paths_agree_with_host_driven_refreshes(functional, chunked):
+    """The scans pick refresh ticks inside the graph (a lax.cond per asset, or per chunk for a
+    batch); the stepping predictors pick them on the host. All three give the same states."""
+    n_assets, ticks = 3, SMALL.wtmm_buffer_size + 5 * SMALL.wtmm_refresh_steps + 3
+    series = np.stack([random_walk(ticks, seed=30 + a) for a in range(n_assets)])
+    cold = chunked.init_state(n_assets)
+    batched, _ = chunked.fit_history(cold, series)
+    for a in range(n_assets):
+        start = jax.tree_util.tree_map(lambda leaf, a=a: leaf[a], cold)
+        single, _ = functional.fit_history(start, series[a])
+        stepped = start
+        for t in range(ticks):
+            stepped, _ = functional.step(stepped, ProcessState(series[a, t], T0 + t * MS))
+        row = jax.tree_util.tree_map(lambda leaf, a=a: leaf[a], batched)
+        for x, y, z in zip(_leaves(single), _leaves(row), _leaves(stepped), strict=True):
+            np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(single.sia), np.asarray(stepped.sia), rtol=0, atol=1e-12)
+        assert float(single.holder) == pytest.approx(float(stepped.holder), abs=1e-12)
+        assert int(single.sia_age) == int(stepped.sia_age) and int(single.count) == ticks
+
+
 def test_no_retrace_for_repeated_batch_size_or_steps(functional):
     states = functional.init_state(7)
     states, _ = functional.step_batch(states, ColumnarBatch(np.zeros(7), np.full(7, T0)))
