@@ -271,6 +271,23 @@ def test_no_retrace_for_repeated_batch_size_or_steps(functional):
     assert functional._step._cache_size() == compiled
 
 
+def test_warm_up_compiles_everything_a_stream_needs():
+    """After warm_up, ticks through calibration and several roughness refreshes compile nothing."""
+    config = PredictorConfig(window_size=64, wtmm_buffer_size=64, wtmm_refresh_steps=8, kurtosis_window=32,
+                             kernel_a_order=4, enabled_kernels=("A",), seed=11)  # a config no other test uses
+    fp = FunctionalPredictor(config, clock=ReplayClock())
+    states, state = fp.init_state(3), fp.init_state()
+    fp.warm_up(states)
+    fp.warm_up(state)
+    compiled = [f._cache_size() for f in (fp._step_batch, fp._read_batch, fp._step, fp._read)]
+    assert compiled == [1, 1, 1, 1]
+    for t in range(config.wtmm_buffer_size + 3 * config.wtmm_refresh_steps):
+        states, _ = fp.step_batch(states, ColumnarBatch(np.full(3, float(t % 7)), np.full(3, T0 + t * MS)))
+        state, _ = fp.step(state, ProcessState(float(t % 5), T0 + t * MS))
+    assert [f._cache_size() for f in (fp._step_batch, fp._read_batch, fp._step, fp._read)] == compiled
+    assert int(state.count) > config.wtmm_buffer_size and int(state.sia_age) < config.wtmm_refresh_steps
+
+
 def test_naive_datetime_and_bad_shapes_are_clear_errors(functional):
     state = functional.init_state()
     with pytest.raises(TimestampError, match="naive"):

@@ -3,8 +3,11 @@ paths, the amortised refresh, the sampling-density guard and the spectral teleme
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from usp import (
     ColumnarBatch,
     CriticalSingularityEvent,
@@ -20,7 +23,7 @@ from usp import (
 )
 from usp.adapters.clocks import ReplayClock
 from usp.domain._core import Out
-from usp.domain._roughness import BROWNIAN_HOLDER, refresh_weight
+from usp.domain._roughness import BROWNIAN_HOLDER, Sia, analyse_buffer, koopman_modes, refresh_weight
 from usp.domain.sia import holder_exponent
 
 from .fbm import fbm, ornstein_uhlenbeck
@@ -182,3 +185,23 @@ def test_koopman_and_paley_wiener_diagnostics_reach_the_telemetry():
     assert noise.paley_wiener_regular and 0 < noise.paley_wiener_integral < config.paley_wiener_integral_max
     assert np.all(np.diff(noise.koopman_powers) <= 1e-12)
     assert 0.0 <= noise.singularity_spectrum_width < 5.0
+
+
+_READ = jax.jit(lambda buffer: analyse_buffer(buffer, DEFAULT))
+_admissible = st.floats(-1e100, 1e100, allow_nan=False, allow_subnormal=False)
+
+
+@given(st.one_of(
+    st.lists(_admissible, min_size=128, max_size=128),
+    st.tuples(_admissible, st.lists(st.sampled_from([0.0, 1e-12, -3.0, 1e90]), min_size=128, max_size=128))
+    .map(lambda pair: [pair[0] + v for v in pair[1]])))
+def test_reading_is_finite_and_well_formed_for_any_admissible_buffer(values):
+    """Any buffer the core can hold (finite, |y| ≤ 1e100: constant, stepped, huge, tiny) gives a
+    finite reading with shares on the simplex, so the state stays finite."""
+    reading = np.asarray(_READ(np.asarray(values, dtype=np.float64)))
+    k = koopman_modes(DEFAULT)
+    assert reading.shape == (Sia.length(k),) and np.all(np.isfinite(reading))
+    power = reading[Sia.KOOPMAN + 2 * k:]
+    assert np.all(power >= 0) and power.sum() <= 1 + 1e-9
+    assert np.all(reading[Sia.KOOPMAN:Sia.KOOPMAN + k] >= 0)  # |frequency|
+    assert reading[Sia.PALEY_WIENER] >= 0

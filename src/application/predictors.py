@@ -251,11 +251,18 @@ class FunctionalPredictor:
         return due if due.ndim else bool(due)
 
     def warm_up(self, state: CoreState | None = None) -> None:
-        """Compile the single-asset step and the roughness reading now, so that neither the first
-        tick nor the first refresh (tick ``wtmm_buffer_size``) waits on the compiler."""
+        """Compile the step and the roughness reading now, so that neither the first tick nor the
+        first refresh (tick ``wtmm_buffer_size``) waits on the compiler. With a batched state,
+        compiles ``step_batch`` for that batch size instead."""
         state = self.init_state() if state is None else state
-        jax.block_until_ready(self._step(state, 0.0, UNTIMED, 0, state.sia))
-        jax.block_until_ready(self._read(state.window, 0.0))
+        if np.ndim(state.count):
+            values = np.zeros(state.count.shape[0])
+            stamps = np.full(values.shape, UNTIMED, np.int64)
+            jax.block_until_ready(self._step_batch(state, values, stamps, 0, state.sia))
+            jax.block_until_ready(self._read_batch(state.window, values))
+        else:
+            jax.block_until_ready(self._step(state, 0.0, UNTIMED, 0, state.sia))
+            jax.block_until_ready(self._read(state.window, 0.0))
 
     # -- ticks -----------------------------------------------------------------------------
     def _now(self, timestamp_ns: int) -> int:
