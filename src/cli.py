@@ -162,7 +162,8 @@ def run(data: Path, config: PredictorConfig, out: Path | None, plot: Path | None
         handle = out.open("w", newline="", encoding="utf-8")
         writer = csv.writer(handle)
         writer.writerow(["timestamp_ns", "value", "prediction_next", "lower", "upper", "mode",
-                         *[f"weight_{n}" for n in names], "regime_change", "emergency", "degraded", "events"])
+                         *[f"weight_{n}" for n in names], "regime_change", "emergency", "holder_exponent",
+                         "degraded", "events"])
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -170,7 +171,7 @@ def run(data: Path, config: PredictorConfig, out: Path | None, plot: Path | None
             for stamp, value in tqdm(read_observations(data, config.signal_sampling_interval), total=total,
                                      unit="tick", disable=not progress, file=sys.stderr):
                 output, _ = predictor.step_raw(ProcessState(value, stamp))
-                if not values:  # the first tick compiles the graph: throughput counts from here
+                if not values:  # throughput counts from the first tick on
                     started = time.perf_counter()
                 values.append(value)
                 stamps.append(stamp)
@@ -182,7 +183,7 @@ def run(data: Path, config: PredictorConfig, out: Path | None, plot: Path | None
                                      repr(result.confidence_lower), repr(result.confidence_upper), result.mode,
                                      *[f"{w:.6g}" for w in telemetry.weights],
                                      int(telemetry.regime_change_detected), int(telemetry.emergency_mode),
-                                     int(telemetry.degraded_inference_mode),
+                                     f"{telemetry.holder_exponent:.4f}", int(telemetry.degraded_inference_mode),
                                      "|".join(e.name for e in telemetry.events)])
     finally:
         if handle is not None:

@@ -35,7 +35,8 @@ def test_run_writes_predictions_plot_and_summary(tmp_path, series, capsys):
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(series)
-    assert {"prediction_next", "lower", "upper", "weight_A", "regime_change", "emergency"} <= set(rows[0])
+    assert {"prediction_next", "lower", "upper", "weight_A", "regime_change", "emergency",
+            "holder_exponent"} <= set(rows[0])
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     last = rows[-1]
     assert float(last["lower"]) <= float(last["prediction_next"]) <= float(last["upper"])

@@ -248,7 +248,7 @@ def test_fit_history_paths_agree_with_host_driven_refreshes(functional, chunked)
         for t in range(ticks):
             stepped, _ = functional.step(stepped, ProcessState(series[a, t], T0 + t * MS))
         row = jax.tree_util.tree_map(lambda leaf, a=a: leaf[a], batched)
-        for x, y, z in zip(_leaves(single), _leaves(row), _leaves(stepped), strict=True):
+        for x, y in zip(_leaves(single), _leaves(row), strict=True):
             np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-12)
         np.testing.assert_allclose(np.asarray(single.sia), np.asarray(stepped.sia), rtol=0, atol=1e-12)
         assert float(single.holder) == pytest.approx(float(stepped.holder), abs=1e-12)
