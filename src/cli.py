@@ -101,6 +101,21 @@ class RunSummary:
     emergency_ticks: int
     rejected: int
     ticks_per_second: float
+    #: ticks further apart than besov_nyquist_interval_ns (weights held), and ticks with the
+    #: roughness branch frozen because the sampling is too coarse for the finest wavelet scale
+    sparse_ticks: int = 0
+    branch_frozen_ticks: int = 0
+
+    def sampling_advice(self, config: PredictorConfig) -> str | None:
+        """A warning when the data are sampled more coarsely than the config's Nyquist limit."""
+        if not (self.sparse_ticks or self.branch_frozen_ticks):
+            return None
+        return (f"{self.sparse_ticks} of {self.ticks} ticks arrived further apart than besov_nyquist_interval_ns = "
+                f"{config.besov_nyquist_interval_ns:_} ns (the weights hold on those ticks), and the roughness "
+                f"reading and circuit breaker were frozen on {self.branch_frozen_ticks}. If the data are "
+                f"sampled this coarsely by design, set [core] besov_nyquist_interval_ns to about twice their "
+                f"spacing times wtmm_min_scale (and [numerical] signal_sampling_interval to the spacing; a file "
+                f"without timestamps is spaced by it), as examples/co2_weekly.toml does.")
 
     def table(self) -> str:
         rows = [("ticks", f"{self.ticks}"), ("evaluated (after calibration)", f"{self.evaluated}"),
@@ -110,6 +125,8 @@ class RunSummary:
                 ("regime changes", f"{self.regime_changes}"),
                 ("ticks in emergency mode", f"{self.emergency_ticks}"),
                 ("rejected ticks", f"{self.rejected}"),
+                ("ticks beyond the Nyquist limit", f"{self.sparse_ticks}"),
+                ("ticks with the roughness branch frozen", f"{self.branch_frozen_ticks}"),
                 ("throughput (after compiling)", f"{self.ticks_per_second:,.0f} ticks/s")]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
@@ -124,14 +141,18 @@ def summarise(values: np.ndarray, outputs: np.ndarray, nominal: float, seconds: 
     rate = (len(values) if timed_ticks is None else max(timed_ticks, 1)) / max(seconds, 1e-9)
     predictions, lower, upper = outputs[:-1, Out.PREDICTION], outputs[:-1, Out.LOWER], outputs[:-1, Out.UPPER]
     target, previous = values[1:], values[:-1]
-    accepted = (outputs[:, Out.EVENTS].astype(np.int64) & int(EventCode.rejected())) == 0
+    events = outputs[:, Out.EVENTS].astype(np.int64)
+    accepted = (events & int(EventCode.rejected())) == 0
+    sampling = {"sparse_ticks": int(((events & int(EventCode.SPARSE_ARRIVAL)) > 0).sum()),
+                "branch_frozen_ticks": int((outputs[:, Out.BRANCH_FROZEN] > 0).sum())}
     use = (outputs[:-1, Out.CALIBRATING] == 0) & accepted[1:] & accepted[:-1]
     errors = (target - predictions)[use]
     naive = np.abs(target - previous)[use]
     evaluated = int(use.sum())
     if evaluated == 0:
         nan = math.nan
-        return RunSummary(len(values), 0, nan, nan, nan, nan, nominal, 0, 0, int((~accepted).sum()), rate)
+        return RunSummary(len(values), 0, nan, nan, nan, nan, nominal, 0, 0, int((~accepted).sum()), rate,
+                          **sampling)
     inside = ((target >= lower) & (target <= upper))[use]
     mae = float(np.mean(np.abs(errors)))
     return RunSummary(
@@ -140,7 +161,7 @@ def summarise(values: np.ndarray, outputs: np.ndarray, nominal: float, seconds: 
         coverage=float(np.mean(inside)), nominal=nominal,
         regime_changes=int(outputs[:, Out.REGIME_CHANGE].sum()),
         emergency_ticks=int(outputs[:, Out.EMERGENCY].sum()), rejected=int((~accepted).sum()),
-        ticks_per_second=rate)
+        ticks_per_second=rate, **sampling)
 
 
 def run(data: Path, config: PredictorConfig, out: Path | None, plot: Path | None,
@@ -348,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"\nUSP run on {args.data} (kernels: {', '.join(cfg.enabled_kernels)})")
     print(summary.table())
+    advice = summary.sampling_advice(cfg)
+    if advice is not None:
+        print(f"usp: warning: {advice}", file=sys.stderr)
     for label, path in (("predictions", args.out), ("report", args.plot)):
         if path is not None:
             print(f"  {label} written to {path}")
