@@ -12,7 +12,9 @@
   ``holder_smoothing`` and its neighbours, and the smoothed exponent;
 * predictor cost: what the engine adds to one predictor step — single-asset step latency on
   refresh ticks and on the others, and ``step_batch`` throughput at 1000 assets against the same
-  config with the engine refreshed only once (``wtmm_refresh_steps`` = 65536).
+  config with the engine refreshed only once (``wtmm_refresh_steps`` = 65536), with the assets'
+  refresh ticks in step and spread over all phases;
+* reaction: ticks from the moment a random walk turns into fBm with H = 0.2 until emergency.
 
 Prints tables and writes ``benchmarks/results/wtmm.json``.
 
@@ -174,11 +176,15 @@ def bench_predictor_cost(config: PredictorConfig, assets: int, rounds: int) -> d
               "refresh_ticks": len(on)}
     single["added_per_tick_us"] = (single["refresh_tick_p50_us"] - single["other_tick_p50_us"]) / refresh
     rates = {}
-    for label, steps in (("engine", refresh), ("engine_once", 65_536)):
+    for label, steps, spread in (("engine", refresh, False), ("engine_spread", refresh, True),
+                                 ("engine_once", 65_536, False)):
         functional = FunctionalPredictor(attrs.evolve(config, wtmm_refresh_steps=steps), clock=ReplayClock())
         values = np.cumsum(np.random.default_rng(1).standard_normal((config.wtmm_buffer_size + 6 * refresh,
                                                                      assets)), axis=0)
+        if spread:  # asset i rejects its first i mod R ticks: its refresh ticks lag by as many
+            values[:refresh - 1][np.arange(refresh - 1)[:, None] < (np.arange(assets) % refresh)[None, :]] = np.nan
         states = functional.init_state(assets)
+        functional.warm_up(states)
         for t in range(config.wtmm_buffer_size + refresh):  # past calibration, compiled
             states, _ = functional.step_batch(states, ColumnarBatch(values[t], np.full(assets, T0 + t * MS)))
         measured = []
@@ -191,8 +197,29 @@ def bench_predictor_cost(config: PredictorConfig, assets: int, rounds: int) -> d
         rates[label] = float(np.median(measured))
     batch = {"assets": assets, "asset_steps_per_s": rates["engine"],
              "asset_steps_per_s_engine_once": rates["engine_once"],
-             "added_us_per_asset_step": 1e6 / rates["engine"] - 1e6 / rates["engine_once"]}
+             "added_us_per_asset_step": 1e6 / rates["engine"] - 1e6 / rates["engine_once"],
+             "asset_steps_per_s_spread": rates["engine_spread"],
+             "added_us_per_asset_step_spread": 1e6 / rates["engine_spread"] - 1e6 / rates["engine_once"]}
     return {"refresh_steps": refresh, "single": single, "batch": batch}
+
+
+def bench_reaction(config: PredictorConfig, paths: int) -> dict:
+    """Ticks from the moment a random walk turns into fBm with H = 0.2 until the breaker enters
+    emergency (default config, step_batch)."""
+    calm, rough = 1000, 1500
+    walks = np.cumsum(np.random.default_rng(88).standard_normal((paths, calm)), axis=1)
+    turns = np.stack([fbm(rough, 0.2, np.random.default_rng(8_000 + p)) for p in range(paths)])
+    series = np.concatenate([walks, walks[:, -1:] + turns], axis=1)
+    predictor = FunctionalPredictor(config, clock=ReplayClock())
+    states = predictor.init_state(paths)
+    emergency = []
+    for t in range(series.shape[1]):
+        states, batch = predictor.step_batch(states, ColumnarBatch(series[:, t], np.full(paths, T0 + t * MS)))
+        emergency.append(batch.outputs[:, Out.EMERGENCY] > 0)
+    emergency = np.asarray(emergency)[calm:]
+    entered = np.where(emergency.any(axis=0), emergency.argmax(axis=0), rough).astype(float)
+    return {"paths": paths, "median_ticks": float(np.median(entered)), "min_ticks": float(entered.min()),
+            "max_ticks": float(entered.max()), "never_entered": int((~emergency.any(axis=0)).sum())}
 
 
 def main() -> None:
@@ -209,9 +236,11 @@ def main() -> None:
     predictor_cost = bench_predictor_cost(config, args.batch, 40)
     accuracy = bench_accuracy(config, args.paths)
     online = bench_online(config, args.ticks, args.online_paths)
+    reaction = bench_reaction(config, args.online_paths)
     result = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "cost": cost, "predictor_cost": predictor_cost, "accuracy": accuracy, "online": online}
+              "cost": cost, "predictor_cost": predictor_cost, "accuracy": accuracy, "online": online,
+              "reaction": reaction}
 
     print("cost per call on a 128-sample buffer (µs; median / best)")
     print(f"{'function':17s} {'v':>2s} {'single':>15s} {'vmap 1000':>15s} {'chunked 8':>15s}")
@@ -226,7 +255,9 @@ def main() -> None:
           f"otherwise (+{single['added_per_tick_us']:.1f} µs per tick on average); step_batch "
           f"{batch['assets']} assets {batch['asset_steps_per_s']:,.0f} asset-steps/s against "
           f"{batch['asset_steps_per_s_engine_once']:,.0f} with the engine run once "
-          f"(+{batch['added_us_per_asset_step']:.2f} µs per asset-step)")
+          f"(+{batch['added_us_per_asset_step']:.2f} µs per asset-step); with the assets' refresh ticks "
+          f"spread over all {predictor_cost['refresh_steps']} phases {batch['asset_steps_per_s_spread']:,.0f} "
+          f"(+{batch['added_us_per_asset_step_spread']:.2f} µs)")
     print(f"\nHölder estimate on 128-point fBm ({args.paths} paths per H)")
     print(f"{'H':>4s} {'WTMM bias':>10s} {'WTMM std':>9s} {'DFA bias':>9s} {'DFA std':>8s}")
     for row in accuracy["n128"]:
@@ -240,6 +271,9 @@ def main() -> None:
     for alpha, row in online["by_smoothing"].items():
         print(f"{alpha:>16s} {100 * row['random_walk_share']:11.1f}% {100 * row['random_walk_worst_path']:6.1f}% "
               f"{100 * row['fbm_0.2_share']:7.1f}% {100 * row['fbm_0.2_worst_path']:6.1f}%")
+    print(f"\nreaction, random walk → fBm H = 0.2 ({reaction['paths']} paths): emergency after "
+          f"{reaction['median_ticks']:.0f} ticks (median; {reaction['min_ticks']:.0f}–{reaction['max_ticks']:.0f}), "
+          f"never on {reaction['never_entered']}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")

@@ -28,6 +28,7 @@ from usp import (
     UniversalPredictor,
 )
 from usp.adapters.clocks import ManualClock, ReplayClock
+from usp.application.predictors import read_piece
 from usp.domain._core import Out
 from usp.plugins.manager import build_plugin_manager
 
@@ -234,11 +235,45 @@ def test_step_batch_equals_single_steps(functional, chunked, which):
     assert out[0].telemetry.kernel_names == ("A", "D", "M")
 
 
+def test_step_batch_reads_only_the_due_assets_of_a_desynchronised_batch(functional):
+    """Rejected ticks put assets' refresh ticks out of step. step_batch then reads just the due
+    rows, gathered in pieces of read_piece rows, and still equals stepping each asset alone."""
+    n_assets, refresh = 12, SMALL.wtmm_refresh_steps
+    ticks = SMALL.wtmm_buffer_size + 4 * refresh + 8
+    piece = read_piece(n_assets, refresh)
+    assert piece == 8 < n_assets
+    series = np.stack([random_walk(ticks, seed=60 + a) for a in range(n_assets)])
+    for a in range(n_assets):
+        series[a, 10:10 + a % refresh] = math.nan  # asset a lags a % R accepted ticks
+    batched = functional.init_state(n_assets)
+    functional.warm_up(batched)
+    pieces = functional._read_rows._cache_size()
+    singles = [jax.tree_util.tree_map(lambda leaf, a=a: leaf[a], batched) for a in range(n_assets)]
+    gathered = 0
+    for t in range(ticks):
+        stamps = np.full(n_assets, T0 + t * MS)
+        due = functional.refresh_due(batched)
+        gathered += 0 < due.sum() <= n_assets // 2
+        batched, out = functional.step_batch(batched, ColumnarBatch(series[:, t], stamps))
+        for a in range(n_assets):
+            singles[a], result = functional.step(singles[a], ProcessState(series[a, t], int(stamps[a])))
+            assert out[a].telemetry.holder_exponent_raw == pytest.approx(result.telemetry.holder_exponent_raw,
+                                                                         abs=1e-12)
+    assert gathered >= 4 * refresh  # after the first fills, every tick had a few assets due
+    assert functional._read_rows._cache_size() == pieces  # one compiled piece size, from warm_up
+    for a in range(n_assets):
+        for x, y in zip(_leaves(singles[a]), _leaves(jax.tree_util.tree_map(lambda leaf, a=a: leaf[a], batched)),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-12)
+
+
 def test_fit_history_paths_agree_with_host_driven_refreshes(functional, chunked):
     """The scans pick refresh ticks inside the graph (a lax.cond per asset, or per chunk for a
-    batch); the stepping predictors pick them on the host. All three give the same states."""
+    batch); the stepping predictors pick them on the host. All three give the same states, also
+    when a rejected tick puts one asset's refresh ticks out of step with the others."""
     n_assets, ticks = 3, SMALL.wtmm_buffer_size + 5 * SMALL.wtmm_refresh_steps + 3
     series = np.stack([random_walk(ticks, seed=30 + a) for a in range(n_assets)])
+    series[1, 20] = math.nan
     cold = chunked.init_state(n_assets)
     batched, _ = chunked.fit_history(cold, series)
     for a in range(n_assets):
@@ -252,7 +287,7 @@ def test_fit_history_paths_agree_with_host_driven_refreshes(functional, chunked)
             np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-12)
         np.testing.assert_allclose(np.asarray(single.sia), np.asarray(stepped.sia), rtol=0, atol=1e-12)
         assert float(single.holder) == pytest.approx(float(stepped.holder), abs=1e-12)
-        assert int(single.sia_age) == int(stepped.sia_age) and int(single.count) == ticks
+        assert int(single.sia_age) == int(stepped.sia_age) and int(single.count) == ticks - (a == 1)
 
 
 def test_no_retrace_for_repeated_batch_size_or_steps(functional):

@@ -64,6 +64,7 @@ class CompiledCore:
     step_batch: Any
     read: Any
     read_batch: Any
+    read_rows: Any
     scan: Any
     scan_batch: Any
 
@@ -101,6 +102,14 @@ def chunked_vmap(fn, chunk: int):
     return run
 
 
+def read_piece(assets: int, refresh_steps: int) -> int:
+    """Rows per gathered roughness read in ``step_batch``: a power of two ≥ 8 and ≥ twice the
+    N / R assets due on a typical tick once the assets' refresh ticks have spread out (after
+    rejected ticks or staggered starts), capped at N."""
+    wanted = max(8, 2 * -(-assets // refresh_steps))
+    return min(assets, 1 << (wanted - 1).bit_length())
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_core(config: PredictorConfig, kernels: tuple, batch_chunk: int = BATCH_CHUNK) -> CompiledCore:
     """Build (once per process and configuration) the jitted core functions.
@@ -110,6 +119,10 @@ def compiled_core(config: PredictorConfig, kernels: tuple, batch_chunk: int = BA
     """
     init, step, due, read = make_core(config, kernels)
     read_batch = chunked_vmap(read, batch_chunk)
+
+    def read_rows(readings, windows, values, rows):
+        """``readings`` with the given rows (int[P], repeats allowed) re-read."""
+        return readings.at[rows].set(read_batch(windows[rows], values[rows]))
 
     def step_batch(states, values, stamps, now, readings):
         return chunked_vmap(lambda s, y, t, r: step(s, y, t, now, r), batch_chunk)(states, values, stamps, readings)
@@ -132,7 +145,7 @@ def compiled_core(config: PredictorConfig, kernels: tuple, batch_chunk: int = BA
 
     return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init)), step=jax.jit(step),
                         step_batch=jax.jit(step_batch), read=jax.jit(read), read_batch=jax.jit(read_batch),
-                        scan=jax.jit(scan), scan_batch=jax.jit(scan_batch))
+                        read_rows=jax.jit(read_rows), scan=jax.jit(scan), scan_batch=jax.jit(scan_batch))
 
 
 @attrs.frozen
@@ -187,6 +200,7 @@ def result_from_output(output: np.ndarray, kernel_names: tuple[str, ...], timest
     means = out[Out.SIZE + n:Out.SIZE + 2 * n]
     koopman = out[Out.koopman(n):]
     k = len(koopman) // 3
+    kept = [i for i in range(k) if koopman[2 * k + i] > 0.0]  # modes below koopman_min_power are dropped
     telemetry = Telemetry(
         holder_exponent=out[Out.HOLDER], weights=weights, kernel_names=kernel_names,
         kernel_predictions=dict(zip(kernel_names, means, strict=True)), kurtosis=out[Out.KURTOSIS],
@@ -197,8 +211,9 @@ def result_from_output(output: np.ndarray, kernel_names: tuple[str, ...], timest
         degraded_inference_mode=bool(out[Out.DEGRADED]), emergency_mode=bool(out[Out.EMERGENCY]),
         regime_change_detected=bool(out[Out.REGIME_CHANGE]), mode_collapse_warning=False,
         frozen_signal=bool(out[Out.FROZEN]), holder_exponent_raw=out[Out.HOLDER_RAW],
-        singularity_spectrum_width=out[Out.SPECTRUM_WIDTH], koopman_frequencies=tuple(koopman[:k]),
-        koopman_growth_rates=tuple(koopman[k:2 * k]), koopman_powers=tuple(koopman[2 * k:]),
+        singularity_spectrum_width=out[Out.SPECTRUM_WIDTH], koopman_frequencies=tuple(koopman[i] for i in kept),
+        koopman_growth_rates=tuple(koopman[k + i] for i in kept),
+        koopman_powers=tuple(koopman[2 * k + i] for i in kept),
         paley_wiener_integral=out[Out.PALEY_WIENER], paley_wiener_regular=bool(out[Out.PW_REGULAR]),
         topological_branch_frozen=bool(out[Out.BRANCH_FROZEN]),
         events=decode_events(int(out[Out.EVENTS]), timestamp_ns))
@@ -229,7 +244,7 @@ class FunctionalPredictor:
         core = compiled_core(self.config, self.kernels, batch_chunk)
         self._init, self._init_batch = core.init, core.init_batch
         self._step, self._step_batch = core.step, core.step_batch
-        self._read, self._read_batch = core.read, core.read_batch
+        self._read, self._read_batch, self._read_rows = core.read, core.read_batch, core.read_rows
         self._scan, self._scan_batch = core.scan, core.scan_batch
 
     # -- state ---------------------------------------------------------------------------
@@ -260,6 +275,9 @@ class FunctionalPredictor:
             stamps = np.full(values.shape, UNTIMED, np.int64)
             jax.block_until_ready(self._step_batch(state, values, stamps, 0, state.sia))
             jax.block_until_ready(self._read_batch(state.window, values))
+            piece = read_piece(values.size, self.config.wtmm_refresh_steps)
+            if piece < values.size:
+                jax.block_until_ready(self._read_rows(state.sia, state.window, values, np.zeros(piece, np.int64)))
         else:
             jax.block_until_ready(self._step(state, 0.0, UNTIMED, 0, state.sia))
             jax.block_until_ready(self._read(state.window, 0.0))
@@ -302,9 +320,25 @@ class FunctionalPredictor:
             raise DomainError(f"batch of {values.shape[0] if values.ndim else 0} observations for "
                               f"{expected} asset states")
         now = self._now(int(stamps.max()) if stamps.size else 0)
-        readings = self._read_batch(states.window, values) if self.refresh_due(states).any() else states.sia
-        new_states, outputs = self._step_batch(states, values, stamps, now, readings)
+        new_states, outputs = self._step_batch(states, values, stamps, now, self._readings(states, values))
         return new_states, BatchPrediction(np.asarray(outputs), self.kernel_names, stamps)
+
+    def _readings(self, states: CoreState, values: np.ndarray) -> jax.Array:
+        """Roughness readings for a batch tick: only the due assets are read, in gathered pieces
+        of :func:`read_piece` rows, or all at once when more than half are due. Rows not due
+        carry ``states.sia``, which the step ignores."""
+        rows = np.flatnonzero(self.refresh_due(states))
+        assets, piece = values.size, read_piece(values.size, self.config.wtmm_refresh_steps)
+        if rows.size == 0:
+            return states.sia
+        if 2 * rows.size > assets or piece == assets:
+            return self._read_batch(states.window, values)
+        readings = states.sia
+        for start in range(0, rows.size, piece):
+            part = rows[start:start + piece]
+            part = np.concatenate([part, np.full(piece - part.size, part[0])])
+            readings = self._read_rows(readings, states.window, values, part)
+        return readings
 
     # -- history ---------------------------------------------------------------------------
     def fit_history(self, state: CoreState, history: Any) -> tuple[CoreState, np.ndarray]:
