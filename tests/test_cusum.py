@@ -1,4 +1,4 @@
-"""CUSUM acceptance (issue: foundation) on the production residual monitor, with default config.
+"""CUSUM acceptance on the production residual monitor, with default config.
 
 Reference: a two-sided CUSUM with known σ = 1 and (h, k) = (5, 0.5) has, by Siegmund's
 approximation, ARL₀ ≈ 2·(e^{2k(h+1.166)} − 2k(h+1.166) − 1)/(2k²)/2 ≈ 469 steps, i.e. a false

@@ -1,4 +1,4 @@
-"""Predictor persistence (issue 5, items 3–4): hot start in a fresh process, fallback past corrupt
+"""Predictor persistence: hot start in a fresh process, fallback past corrupt
 snapshots, full disk, batches of 1000 assets through Redis and memory, non-blocking saves,
 schema and config checks, the emergency dump."""
 
@@ -25,6 +25,7 @@ from usp.adapters.stores import FileStore, MemoryStore, RedisStore
 from usp.application.persistence import MAX_PENDING_KEYS, STORAGE_EVENT_HISTORY, state_to_payload
 from usp.application.snapshot import decode_snapshot, pytree_to_blocks
 from usp.domain._core import Out
+from usp.domain._roughness import koopman_modes
 from usp.ports.state_store import (
     CorruptedSnapshotEvent,
     InsufficientStorageError,
@@ -96,7 +97,7 @@ def test_hot_start_in_a_fresh_process_repeats_the_next_500_predictions(tmp_path)
     subprocess.run([sys.executable, "-c", HOT_START, str(tmp_path), json.dumps(SMALL), str(T0), str(DT),
                     str(t)], check=True, timeout=300, capture_output=True)
     got = np.load(tmp_path / "outputs.npy", allow_pickle=False)
-    assert got.shape == expected.shape == (after, Out.length(len(p.kernel_names), p.config.koopman_top_k))
+    assert got.shape == expected.shape == (after, Out.length(len(p.kernel_names), koopman_modes(p.config)))
     assert np.isfinite(expected[:, Out.PREDICTION]).all()
     assert np.array_equal(np.isnan(got), np.isnan(expected))  # (some telemetry entries may be NaN)
     assert np.nanmax(np.abs(got - expected)) < 1e-12      # the spec's bound ...

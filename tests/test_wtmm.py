@@ -1,4 +1,4 @@
-"""WTMM identification engine (issue 4): accuracy on exact fBm and cascades, the maxima skeleton,
+"""WTMM identification engine: accuracy on exact fBm and cascades, the maxima skeleton,
 jit/vmap behaviour, the 128-sample online buffer, and the Koopman / Paley–Wiener diagnostics.
 
 The 4096-point signals are analysed in one vmapped batch (one compilation) shared by the

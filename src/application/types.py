@@ -243,7 +243,8 @@ class Telemetry:
     holder_exponent_raw: float
     singularity_spectrum_width: float
     #: Koopman (DMD) modes by decreasing energy share: cycles and log-growth per
-    #: ``signal_sampling_interval``, and shares (0 for modes below ``koopman_min_power``)
+    #: ``signal_sampling_interval``, and shares; at most ``koopman_top_k``, those whose share is
+    #: below ``koopman_min_power`` dropped
     koopman_frequencies: tuple[float, ...]
     koopman_growth_rates: tuple[float, ...]
     koopman_powers: tuple[float, ...]

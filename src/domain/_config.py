@@ -48,8 +48,8 @@ class PredictorConfig:
     besov_nyquist_interval_ns: int = _key(100_000_000, "core",
                                           "Gap between consecutive timestamps above which a "
                                           "FrequencyWarning is emitted and the weights freeze for "
-                                          "that tick; when the median recent gap times "
-                                          "wtmm_min_scale exceeds it, the roughness reading and the "
+                                          "that tick; when a quarter of recent gaps times "
+                                          "wtmm_min_scale exceed it, the roughness reading and the "
                                           "circuit breaker freeze (FreezingTopologicalBranchEvent). "
                                           "Set it to about 1/32 of the shortest time scale whose "
                                           "roughness matters.", lo=1, unit="ns")

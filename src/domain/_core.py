@@ -16,7 +16,8 @@ The engine costs about 100 µs, so it runs only on refresh ticks, and outside th
 in; on other ticks it passes ``state.sia`` back, which the step ignores. A ``lax.cond`` inside the
 step would do the same, but on CPU a conditional in the compiled step costs about 100 µs on every
 tick, taken or not. Only the ``lax.scan`` of ``fit_history`` uses one (``sia_reading=None``).
-An asset adopts a reading only on its own refresh ticks, so the numbers do not depend on batching.
+An asset adopts a reading only on its own refresh ticks, so the numbers do not depend on batching,
+and only a valid one taken while the branch is not held (sampling too coarse, frozen signal).
 
 A tick that is rejected (non-finite value, catastrophic outlier, out-of-order timestamp)
 returns the previous state *bit-identically* and the last valid output with the rejection
@@ -105,7 +106,7 @@ class CoreState:
     dual_g: jnp.ndarray            # float64[n]
     holder: jnp.ndarray            # float64, smoothed Hölder exponent (drives the breaker)
     sia: jnp.ndarray               # float64[Sia.length(k)], last reading of the identification engine
-    sia_age: jnp.ndarray           # int32, accepted ticks since that reading (saturates at refresh)
+    sia_age: jnp.ndarray           # int32, ticks since the last refresh (saturates; see refresh_due)
     coarse_share: jnp.ndarray      # float64, EMA share of gaps too coarse for the finest scale
     branch_frozen: jnp.ndarray     # bool, topological branch (reading and breaker) frozen
     emergency: jnp.ndarray         # bool
@@ -126,10 +127,11 @@ def _standardised_loss(errors, sigma, huber, delta):
 
 
 def refresh_due(count, sia_age, buffer: int, refresh: int, xp=np):
-    """The next accepted tick re-reads the roughness buffer: it fills it (count + 1 = buffer) or
-    the reading is ``refresh`` ticks old. ``xp``: numpy (hosts) or jax.numpy (inside jit)."""
-    count = xp.asarray(count) + 1
-    return (count == buffer) | ((count > buffer) & (xp.asarray(sia_age) + 1 >= refresh))
+    """The next accepted tick re-reads the roughness buffer: the buffer is full and the reading
+    is ``refresh`` ticks old. ``sia_age`` starts at ``refresh − buffer`` (so the first reading
+    comes when the buffer first fills) and is set back there while the branch is held, so the
+    next reading sees only ticks from after the hold. ``xp``: numpy (hosts) or jax.numpy (jit)."""
+    return (xp.asarray(count) + 1 >= buffer) & (xp.asarray(sia_age) + 1 >= refresh)
 
 
 def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
@@ -158,7 +160,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             prediction=jnp.float64(0.0), kernel_means=jnp.zeros(n),
             monitor=monitor_init(config.kurtosis_window),
             energies=jnp.zeros(n), log_weights=uniform, dual_f=jnp.zeros(n), dual_g=jnp.zeros(n),
-            holder=jnp.float64(0.5), sia=initial_reading(config), sia_age=jnp.int32(0),
+            holder=jnp.float64(0.5), sia=initial_reading(config), sia_age=jnp.int32(refresh - buffer),
             coarse_share=jnp.float64(0.0), branch_frozen=jnp.bool_(False), emergency=jnp.bool_(False),
             stale_degraded=jnp.bool_(False),
             fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
@@ -245,13 +247,16 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         coarse_share, branch_frozen = density_step(
             state.coarse_share, state.branch_frozen, timestamp_ns - state.last_timestamp_ns,
             timed & seen_time, config)
+        # Held while the sampling is too coarse or the signal frozen: no reading is taken, and the
+        # next one waits until the buffer holds only ticks from after the hold.
+        held = branch_frozen | frozen
         is_due = due(state.count, state.sia_age)
-        reread = is_due & ~branch_frozen
         if sia_reading is None:  # inside lax.scan: the host cannot pick the refresh ticks
             sia_reading = jax.lax.cond(is_due, lambda: read(state.window, y), lambda: state.sia)
-        sia = jnp.where(reread, sia_reading, state.sia)
-        sia_age = jnp.where(reread, 0, jnp.minimum(state.sia_age + 1, refresh))
-        holder = jnp.where(reread, smooth_holder(state.holder, sia[Sia.HOLDER], holder_weight), state.holder)
+        adopt = is_due & ~held & (sia_reading[Sia.VALID] > 0)
+        sia = jnp.where(adopt, sia_reading, state.sia)
+        sia_age = jnp.where(held, refresh - buffer, jnp.where(is_due, 0, jnp.minimum(state.sia_age + 1, refresh)))
+        holder = jnp.where(adopt, smooth_holder(state.holder, sia[Sia.HOLDER], holder_weight), state.holder)
         emergency = jnp.where(calibrating, False,
                               jnp.where(branch_frozen, state.emergency,
                                         breaker_step(state.emergency, holder, config.holder_threshold,

@@ -1,4 +1,4 @@
-"""Spectral diagnostics of the buffer (issue 4, build item 4): Koopman modes and Paley–Wiener.
+"""Spectral diagnostics of the buffer: Koopman modes and Paley–Wiener.
 
 * :func:`koopman_spectrum` — DMD on a delay (Hankel) embedding of the centred buffer: the
   one-step linear operator fitted on the delay vectors, its eigenvalues (Koopman eigenvalues of

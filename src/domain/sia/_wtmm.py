@@ -107,7 +107,7 @@ class WTMMResult:
         spectrum: float64[K], D(h) = min_q (q h − τ(q)) on ``h_grid``.
         d_max: float64 scalar, max_h D(h) (= −τ(0), ≈ 1 when the lines fill the buffer).
         width: float64 scalar, spectrum width: τ'(q_min) − τ'(q_max) from the end chords of τ
-            (0 for a monofractal).
+            (0 for a monofractal; clipped at 0 when noise bends τ the wrong way).
         n_lines: int32 scalar, number of distinct maxima lines in the skeleton.
         line_counts: int32[S], lines counted in Z at each scale of the scaling range.
         fit_scales: float64[S], the scales of the scaling range (samples).
@@ -316,7 +316,8 @@ def _analyse(signal: jax.Array, plan: Plan) -> WTMMResult:
     holder, d_max = legendre_argmax(plan.q, tau)
     h_grid = jnp.asarray(plan.h_grid)
     spectrum = jnp.min(q[None, :] * h_grid[:, None] - tau[None, :], axis=1)
-    width = (tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2])
+    # h_max − h_min of the support; a regression that bends τ the wrong way reads as a monofractal
+    width = jnp.maximum((tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2]), 0.0)
     return WTMMResult(holder=holder, q=q, tau=tau, h_grid=h_grid, spectrum=spectrum, d_max=d_max,
                       width=width, n_lines=_count_lines(maxima, child), line_counts=line_counts,
                       fit_scales=jnp.asarray(plan.scales[fitted]), log_z=log_z, valid=valid)
