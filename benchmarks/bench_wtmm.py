@@ -160,11 +160,11 @@ def bench_online(config: PredictorConfig, ticks: int, paths: int) -> dict:
             "by_smoothing": out}
 
 
-def bench_predictor_cost(config: PredictorConfig, assets: int, rounds: int) -> dict:
+def bench_predictor_cost(config: PredictorConfig, assets: int, single_rounds: int, rounds: int) -> dict:
     """What the engine adds to one predictor step, single asset and in a batch."""
     refresh = config.wtmm_refresh_steps
     predictor = UniversalPredictor(config, clock=ReplayClock())
-    series = np.cumsum(np.random.default_rng(0).standard_normal(300 + rounds * refresh))
+    series = np.cumsum(np.random.default_rng(0).standard_normal(300 + single_rounds * refresh))
     predictor.fit_history(series[:300])
     on, off = [], []
     for i, value in enumerate(series[300:]):
@@ -175,7 +175,7 @@ def bench_predictor_cost(config: PredictorConfig, assets: int, rounds: int) -> d
     single = {"refresh_tick_p50_us": float(np.median(on[2:])), "other_tick_p50_us": float(np.median(off[50:])),
               "refresh_ticks": len(on)}
     single["added_per_tick_us"] = (single["refresh_tick_p50_us"] - single["other_tick_p50_us"]) / refresh
-    rates = {}
+    setups = {}
     for label, steps, spread in (("engine", refresh, False), ("engine_spread", refresh, True),
                                  ("engine_once", 65_536, False)):
         functional = FunctionalPredictor(attrs.evolve(config, wtmm_refresh_steps=steps), clock=ReplayClock())
@@ -187,19 +187,24 @@ def bench_predictor_cost(config: PredictorConfig, assets: int, rounds: int) -> d
         functional.warm_up(states)
         for t in range(config.wtmm_buffer_size + refresh):  # past calibration, compiled
             states, _ = functional.step_batch(states, ColumnarBatch(values[t], np.full(assets, T0 + t * MS)))
-        measured = []
-        for r in range(5):  # each round covers one refresh of every asset
+        setups[label] = [functional, states, values]
+    seconds = {label: [] for label in setups}
+    for r in range(rounds):  # interleaved, so that a noisy spell hits every variant alike
+        for label, setup in setups.items():
+            functional, states, values = setup
             started = time.perf_counter()
-            for t in range(refresh):
+            for t in range(refresh):  # one round covers one refresh of every asset
                 k = config.wtmm_buffer_size + refresh + (r * refresh + t) % (5 * refresh)
                 states, _ = functional.step_batch(states, ColumnarBatch(values[k], np.full(assets, T0 + k * MS)))
-            measured.append(refresh * assets / (time.perf_counter() - started))
-        rates[label] = float(np.median(measured))
-    batch = {"assets": assets, "asset_steps_per_s": rates["engine"],
-             "asset_steps_per_s_engine_once": rates["engine_once"],
-             "added_us_per_asset_step": 1e6 / rates["engine"] - 1e6 / rates["engine_once"],
-             "asset_steps_per_s_spread": rates["engine_spread"],
-             "added_us_per_asset_step_spread": 1e6 / rates["engine_spread"] - 1e6 / rates["engine_once"]}
+            seconds[label].append(time.perf_counter() - started)
+            setup[1] = states
+    per_step = {label: np.asarray(s) / (refresh * assets) for label, s in seconds.items()}
+    batch = {"assets": assets, "rounds": rounds,
+             "asset_steps_per_s": float(1 / np.median(per_step["engine"])),
+             "asset_steps_per_s_engine_once": float(1 / np.median(per_step["engine_once"])),
+             "asset_steps_per_s_spread": float(1 / np.median(per_step["engine_spread"]))}
+    for label, key in (("engine", "added_us_per_asset_step"), ("engine_spread", "added_us_per_asset_step_spread")):
+        batch[key] = float(1e6 * np.median(per_step[label] - per_step["engine_once"]))  # paired by round
     return {"refresh_steps": refresh, "single": single, "batch": batch}
 
 
@@ -233,7 +238,7 @@ def main() -> None:
     load_before = os.getloadavg()
     cost = bench_cost(config, args.batch, 8)
     cost += bench_cost(attrs.evolve(config, wtmm_voices_per_octave=4), args.batch, 8)
-    predictor_cost = bench_predictor_cost(config, args.batch, 40)
+    predictor_cost = bench_predictor_cost(config, args.batch, 40, 9)
     accuracy = bench_accuracy(config, args.paths)
     online = bench_online(config, args.ticks, args.online_paths)
     reaction = bench_reaction(config, args.online_paths)

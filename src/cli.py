@@ -107,8 +107,10 @@ class RunSummary:
     branch_frozen_ticks: int = 0
 
     def sampling_advice(self, config: PredictorConfig) -> str | None:
-        """A warning when the data are sampled more coarsely than the config's Nyquist limit."""
-        if not (self.sparse_ticks or self.branch_frozen_ticks):
+        """A warning when the data are sampled more coarsely than the config's Nyquist limit: the
+        roughness branch froze, or over a tenth of the ticks were sparse (a few long gaps, such
+        as missing days, are only counted in the table)."""
+        if not (self.branch_frozen_ticks or 10 * self.sparse_ticks > self.ticks):
             return None
         return (f"{self.sparse_ticks} of {self.ticks} ticks arrived further apart than besov_nyquist_interval_ns = "
                 f"{config.besov_nyquist_interval_ns:_} ns (the weights hold on those ticks), and the roughness "
