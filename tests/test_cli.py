@@ -56,6 +56,12 @@ def test_single_value_column_is_accepted(tmp_path, series, capsys):
     captured = capsys.readouterr()
     assert "further apart" not in captured.err
     assert re.search(r"ticks beyond the Nyquist limit\s+0\n", captured.out)
+    # a few long gaps (missing days) are counted, not lectured about
+    stamps = 1_800_000_000_000_000_000 + 1_000_000 * np.arange(200) + 10**9 * (np.arange(200) >= 100)
+    gapped = _write(tmp_path / "gapped.csv", [f"{t},{float(v)!r}" for t, v in zip(stamps, series[:200], strict=True)])
+    assert main(["run", str(gapped), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"ticks beyond the Nyquist limit\s+1\n", captured.out) and "further apart" not in captured.err
 
 
 def test_naive_timestamps_and_bad_values_exit_with_a_clear_error(tmp_path, capsys):

@@ -22,9 +22,9 @@ from usp import (
     UniversalPredictor,
 )
 from usp.adapters.clocks import ReplayClock
-from usp.domain._core import Out
+from usp.domain._core import UNTIMED, Out
 from usp.domain._roughness import BROWNIAN_HOLDER, Sia, analyse_buffer, koopman_modes, refresh_weight
-from usp.domain.sia import holder_exponent
+from usp.domain.sia import holder_exponent, wtmm
 
 from .fbm import fbm, ornstein_uhlenbeck
 
@@ -90,6 +90,37 @@ def test_reading_is_refreshed_every_refresh_steps_and_smoothed_from_the_brownian
         else:
             assert raw[t] == raw[t - 1]  # held between refreshes
         assert smoothed[t] == pytest.approx(expected_smoothed, abs=1e-12)
+
+
+def test_invalid_readings_are_not_adopted_and_the_breaker_reads_them_clipped():
+    """A reading that says "no maxima lines" is ignored; a valid one is adopted, and the smoothed
+    exponent moves by at most what a reading of H = 1 would move it (a cubic trend reads 6.5)."""
+    config = PredictorConfig(wtmm_buffer_size=64, window_size=64, kurtosis_window=32, wtmm_refresh_steps=8,
+                             holder_smoothing=0.01)
+    predictor = FunctionalPredictor(config, clock=ReplayClock())
+    state, _ = predictor.fit_history(predictor.init_state(), np.cumsum(np.random.default_rng(2).standard_normal(63)))
+    assert predictor.refresh_due(state)
+    weight = refresh_weight(config.holder_smoothing, config.wtmm_refresh_steps)
+    trend = np.asarray(analyse_buffer((np.arange(64.0) / 64) ** 3, config))
+    assert trend[Sia.HOLDER] > 5 and trend[Sia.VALID] == 1.0
+    for valid, adopted in ((0.0, False), (1.0, True)):
+        reading = trend.copy()
+        reading[Sia.VALID] = valid
+        after, output = predictor._step(state, 0.0, UNTIMED, 0, reading)
+        assert np.array_equal(np.asarray(after.sia), reading if adopted else np.asarray(state.sia))
+        expected = BROWNIAN_HOLDER + weight * (1.0 - BROWNIAN_HOLDER) if adopted else BROWNIAN_HOLDER
+        assert float(output[Out.HOLDER]) == pytest.approx(expected, abs=1e-15)
+    assert int(after.sia_age) == 0  # an ignored reading still uses up the refresh
+
+
+def test_spectrum_width_is_never_negative():
+    """Regression noise can bend τ the wrong way (a period-3 cosine: chord difference −1.5): the
+    width of a spectrum's support reads 0 then, not a negative number."""
+    period3 = np.cos(2 * np.pi * np.arange(128.0) / 3)
+    result = wtmm(period3, DEFAULT)
+    tau, q = np.asarray(result.tau), np.asarray(result.q)
+    assert (tau[1] - tau[0]) / (q[1] - q[0]) - (tau[-1] - tau[-2]) / (q[-1] - q[-2]) < -1.0
+    assert float(result.width) == 0.0
 
 
 def test_decimation_freezes_the_branch_before_the_holder_error_exceeds_10_percent():

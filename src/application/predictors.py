@@ -490,9 +490,9 @@ class UniversalPredictor:
             logger.info("regime change at %d ns (CUSUM %.3g, threshold %.3g)", timestamp_ns, output[Out.CUSUM],
                         output[Out.THRESHOLD])
         if bits & EventCode.TOPOLOGICAL_BRANCH_FROZEN:
-            warnings.warn(f"sampling too coarse for the finest wavelet scale (median gap × wtmm_min_scale > "
-                          f"besov_nyquist_interval_ns={self.config.besov_nyquist_interval_ns}): Hölder "
-                          f"reading and circuit breaker frozen", FrequencyWarning, stacklevel=3)
+            warnings.warn(f"sampling too coarse for the finest wavelet scale (a quarter of recent gaps × "
+                          f"wtmm_min_scale > besov_nyquist_interval_ns={self.config.besov_nyquist_interval_ns}): "
+                          f"Hölder reading and circuit breaker frozen", FrequencyWarning, stacklevel=3)
         if bits & EventCode.TOPOLOGICAL_BRANCH_RELEASED:
             logger.info("sampling dense again at %d ns: Hölder reading resumed", timestamp_ns)
         if bits & EventCode.CRITICAL_SINGULARITY:

@@ -24,7 +24,7 @@ class EventCode(enum.IntFlag):
     NORMAL_OPERATION_RESTORED = 1 << 10  #: degraded mode ended
     SINKHORN_NOT_CONVERGED = 1 << 11   #: marginal error above tolerance after the iteration bound
     LOW_EPSILON = 1 << 12              #: ε_t < 1e-4: Sinkhorn is ill-conditioned
-    TOPOLOGICAL_BRANCH_FROZEN = 1 << 13    #: median gap too coarse for the finest WTMM scale: H held
+    TOPOLOGICAL_BRANCH_FROZEN = 1 << 13    #: a quarter of recent gaps too coarse for the finest WTMM scale
     TOPOLOGICAL_BRANCH_RELEASED = 1 << 14  #: sampling dense again: the roughness reading resumes
 
     @classmethod
