@@ -30,6 +30,7 @@ from usp.ports.state_store import (
     CorruptedSnapshotEvent,
     InsufficientStorageError,
     InsufficientStorageEvent,
+    SnapshotKeyError,
     SnapshotWriteError,
     SnapshotWriteFailedEvent,
 )
@@ -359,6 +360,40 @@ def test_emergency_dump_is_a_verified_msgpack_snapshot(tmp_path, caplog):
     assert dump["global"][".window"].tobytes() == np.asarray(p.state.window).tobytes()
     with pytest.raises(ValueError, match="invalid snapshot key"):
         p.save_emergency_dump(tmp_path, "../escape")
+
+
+@pytest.mark.parametrize("path", ["../../x", "snaps/../../x", "snaps/..", "{tmp}/a/../b", "a/./../b"])
+def test_snapshot_paths_climbing_out_with_dotdot_are_refused(tmp_path, monkeypatch, path):
+    workdir = tmp_path / "one" / "two"
+    workdir.mkdir(parents=True)
+    monkeypatch.chdir(workdir)
+    p = predictor(attrs.evolve(CONFIG, snapshot_path=str(workdir / "snaps")))
+    run(p, stream(70), 0)
+    path = path.format(tmp=tmp_path)  # absolute, but still inside tmp_path were it obeyed
+    for target in (path, Path(path)):
+        for call in (p.save_snapshot, p.save_snapshot_nonblocking, p.load_snapshot):
+            with pytest.raises(SnapshotKeyError, match=r"'\.\.' component") as info:
+                call(target)  # refused before anything runs: the non-blocking save raises at once too
+            assert isinstance(info.value, ValueError)
+    assert [f for f in tmp_path.rglob("*") if f.is_file()] == [] and not p.storage_events
+    receipt = p.save_snapshot("snaps/BTC")  # the path form without '..' is unchanged
+    assert (workdir / "snaps" / "BTC" / "000000000001.snap").is_file() and receipt.key == "BTC"
+    p.close()
+
+
+def test_untrusted_asset_ids_as_store_keys_never_leave_the_store(tmp_path):
+    p = predictor()
+    run(p, stream(70), 0)
+    store = FileStore(tmp_path / "root", on_event=p.record_storage_event)
+    for asset_id in ("../x", "..", "a/b", "/etc/x", "a\x00b", ".hidden"):
+        with pytest.raises(SnapshotKeyError, match="invalid snapshot key"):
+            p.save_snapshot(asset_id, store=store)
+        with pytest.raises(SnapshotKeyError, match="invalid snapshot key"):
+            p.load_snapshot(asset_id, store=store)
+    assert list(tmp_path.rglob("*")) == []
+    p.save_snapshot("BTC-USD", store=store)
+    assert [f.relative_to(tmp_path).as_posix() for f in tmp_path.rglob("*.snap")] == ["root/BTC-USD/000000000001.snap"]
+    p.close()
 
 
 def test_default_store_is_a_file_store_under_the_snapshot_path(tmp_path):

@@ -161,7 +161,7 @@ def test_free_space_precheck_refuses_before_writing(store_with_history, monkeypa
 
 
 def failing(real, code: int, after_bytes: int | None = None):
-    """A stand-in for os.write / os.fsync / os.replace that fails with ``code``."""
+    """A stand-in for os.write / os.fsync / os.link that fails with ``code``."""
     def fake(*args):
         if after_bytes and len(args) == 2 and isinstance(args[1], memoryview | bytes):
             real(args[0], bytes(args[1][:after_bytes]))  # a partial write lands first
@@ -171,7 +171,7 @@ def failing(real, code: int, after_bytes: int | None = None):
 
 @pytest.mark.parametrize("where, code", [("write", errno.ENOSPC), ("fsync", errno.ENOSPC),
                                          ("write", errno.EDQUOT), ("write", errno.EIO),
-                                         ("fsync", errno.EIO), ("replace", errno.EIO)])
+                                         ("fsync", errno.EIO), ("link", errno.EIO)])
 def test_errors_while_writing_are_typed_and_leave_history_intact(store_with_history, monkeypatch,
                                                                  where, code):
     store, events, folder, before = store_with_history

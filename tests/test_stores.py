@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -105,6 +106,12 @@ class RedisBackend:
         return self.client.llen(self.prefix + key)
 
 
+def s3_names(where: S3Backend | S3Store, key: str) -> list[str]:
+    """The object names of ``key``'s versions, newest first (fixed-width names sort by version)."""
+    listing = where.client.list_objects_v2(Bucket=where.bucket, Prefix=f"{where.prefix}{key}/")
+    return sorted((o["Key"] for o in listing.get("Contents", ())), reverse=True)
+
+
 class S3Backend:
     bucket = "usp-test"
 
@@ -116,8 +123,7 @@ class S3Backend:
         return S3Store(self.bucket, prefix=self.prefix, client=self.client, **options)
 
     def names(self, key: str) -> list[str]:
-        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{key}/")
-        return sorted((o["Key"] for o in listing.get("Contents", ())), reverse=True)
+        return s3_names(self, key)
 
     def tamper(self, key: str, index: int, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.names(key)[index], Body=data)
@@ -363,11 +369,24 @@ def test_s3_round_trip_and_tampered_object_rejected(s3_endpoint, s3_bucket):
     store.save("ES", blob(1))
     store.save("ES", blob(2))
     assert tick(store.load("ES")) == 2
-    client.put_object(Bucket=s3_bucket, Key="tamper/ES/000000000002.snap", Body=flip(blob(2), 4000))
+    newest, oldest = s3_names(store, "ES")
+    assert re.fullmatch(r"tamper/ES/000000000002-[0-9a-f]{16}\.snap", newest)
+    client.put_object(Bucket=s3_bucket, Key=newest, Body=flip(blob(2), 4000))
     assert tick(store.load("ES")) == 1 and isinstance(events[-1], CorruptedSnapshotEvent)
-    assert events[-1].location == f"s3://{s3_bucket}/tamper/ES/000000000002.snap"
-    client.put_object(Bucket=s3_bucket, Key="tamper/ES/000000000001.snap", Body=seal(b"x")[:-1])
+    assert events[-1].location == f"s3://{s3_bucket}/{newest}"
+    client.put_object(Bucket=s3_bucket, Key=oldest, Body=seal(b"x")[:-1])
     assert store.load("ES") is None
+
+
+def test_s3_reads_names_without_a_nonce_as_the_oldest_of_their_number(s3_endpoint, s3_bucket):
+    client = s3_client(s3_endpoint)
+    client.put_object(Bucket=s3_bucket, Key="legacy/k/000000000002.snap", Body=blob(2))
+    store = S3Store(s3_bucket, prefix="legacy/", client=client, keep=2)
+    assert tick(store.load("k")) == 2
+    store.save("k", blob(3))
+    assert tick(store.load("k")) == 3
+    store.save("k", blob(4))  # the legacy version is the oldest: pruned
+    assert [name[len("legacy/k/"):][:13] for name in s3_names(store, "k")] == ["000000000004-", "000000000003-"]
 
 
 def test_s3_settings_from_environment_and_retention_across_instances(s3_endpoint, s3_bucket, monkeypatch):
@@ -383,7 +402,7 @@ def test_s3_settings_from_environment_and_retention_across_instances(s3_endpoint
         second.save("k", blob(n))
     assert tick(first.load("k")) == 7
     listing = s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="env/k/")
-    assert [o["Key"][-17:] for o in listing["Contents"]] == [f"{n:012d}.snap" for n in range(3, 8)]
+    assert [o["Key"][len("env/k/"):][:12] for o in listing["Contents"]] == [f"{n:012d}" for n in range(3, 8)]
 
 
 def test_s3_missing_bucket_is_a_write_and_read_error(s3_endpoint):

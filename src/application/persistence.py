@@ -42,6 +42,7 @@ from ..ports.state_store import (
     CorruptedSnapshotEvent,
     InsufficientStorageError,
     InsufficientStorageEvent,
+    SnapshotKeyError,
     SnapshotWriteError,
     SnapshotWriteFailedEvent,
     StateStore,
@@ -316,10 +317,13 @@ class PredictorSnapshots:
 
     Without ``store``, ``path_or_key`` names a :class:`~usp.adapters.stores.FileStore` location:
     a path (it contains a separator, or is a ``PathLike``) means root = its parent directory and
-    key = its name; a bare key means root = ``config.snapshot_path``. With ``store``,
-    ``path_or_key`` is the store key. The default file stores report their events here; give a
-    store of your own ``on_event=predictor.record_storage_event`` to see its corruption events too
-    (its write failures are recorded here either way).
+    key = its name; a bare key means root = ``config.snapshot_path``. A path with a ``..``
+    component is refused (:class:`~usp.ports.state_store.SnapshotKeyError`), so a path built from
+    an asset id cannot climb out of its directory; untrusted ids belong in ``store`` keys, which
+    are single plain names. With ``store``, ``path_or_key`` is the store key. The default file
+    stores report their events here; give a store of your own
+    ``on_event=predictor.record_storage_event`` to see its corruption events too (its write
+    failures are recorded here either way).
     """
 
     def __init__(self, predictor: UniversalPredictor) -> None:
@@ -354,11 +358,18 @@ class PredictorSnapshots:
 
     # -- stores -----------------------------------------------------------------------------
     def resolve(self, path_or_key: PathOrKey, store: StateStore | None) -> tuple[StateStore, str]:
-        """The store and key a ``path_or_key`` designates (rules in the class doc)."""
+        """The store and key a ``path_or_key`` designates (rules in the class doc).
+
+        :raises SnapshotKeyError: a path with a ``..`` component (the store checks keys itself).
+        """
         text = os.fspath(path_or_key)
         if store is not None:
             return store, text
         if isinstance(path_or_key, os.PathLike) or "/" in text or (os.altsep and os.altsep in text):
+            if ".." in Path(text).parts:
+                raise SnapshotKeyError(f"refusing snapshot path {text!r}: a '..' component could leave "
+                                       "the snapshot directory; pass an asset id from outside as a store "
+                                       "key instead (save_snapshot(asset_id, store=FileStore(root)))")
             root, key = str(Path(text).parent), Path(text).name
         else:
             root, key = self._predictor.config.snapshot_path, text

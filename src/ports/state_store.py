@@ -7,6 +7,10 @@ returns the newest version that verifies, falling back past corrupt ones (each r
 :class:`CorruptedSnapshotEvent`), or ``None`` when none verifies (a cold start). Loading never
 retries: it walks a finite list of versions once.
 
+Concurrent saves of one key, from threads or processes, never overwrite each other: each save
+claims a version of its own (how, per store: ``docs/persistence.md``), or raises. A save that
+starts after another one returned gets a newer version.
+
 Stores report what went wrong through an optional ``on_event`` callback (and the ``usp.store``
 logger), and raise the typed errors below at the edge; ``None`` from ``load`` always means "no
 valid snapshot", never "the backend was unreachable".
@@ -26,6 +30,14 @@ from ..domain import USPError
 DIGEST_HEX_LEN = 64
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 _HEX = frozenset(b"0123456789abcdef")
+
+
+class SnapshotKeyError(USPError, ValueError):
+    """A snapshot key or path is refused (bad characters, a path separator, a ``..`` component).
+
+    Raised before anything is read or written. A ``ValueError``, as bad input to a call is
+    elsewhere (``ConfigError``, ``TimestampError``), and a ``USPError``, as USP raises it on purpose.
+    """
 
 
 class SnapshotWriteError(USPError, OSError):
@@ -109,12 +121,14 @@ def verify_blob(blob: bytes, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> bool
 class StateStore(Protocol):
     """Versioned, verified snapshot storage keyed by asset (or predictor) name.
 
-    Keys are 1–200 characters from ``A-Z a-z 0-9 _ . - = @ + ^ :``, not starting with a dot.
-    A blob that does not verify is refused by ``save`` with :class:`usp.domain.IntegrityError`.
+    Keys are 1–200 characters from ``A-Z a-z 0-9 _ . - = @ + ^ :``, not starting with a dot, so a
+    key is one plain name: no separator, no ``..``, no NUL, never absolute. Any other key is
+    refused with :class:`SnapshotKeyError` before the backend is touched. A blob that does not
+    verify is refused by ``save`` with :class:`usp.domain.IntegrityError`.
     """
 
     def save(self, key: str, blob: bytes) -> None:
-        """Store ``blob`` as the newest version of ``key``, keeping the last few versions.
+        """Store ``blob`` as a new version of ``key`` of its own, keeping the last few versions.
 
         :raises InsufficientStorageError: not enough space (nothing was written).
         :raises SnapshotWriteError: the write failed; earlier versions are untouched.
@@ -139,6 +153,6 @@ class StateStore(Protocol):
 
 __all__ = [
     "DEFAULT_MAX_BLOB_BYTES", "DIGEST_HEX_LEN", "CorruptedSnapshotEvent", "EventCallback",
-    "InsufficientStorageError", "InsufficientStorageEvent", "SnapshotReadError", "SnapshotWriteError",
-    "SnapshotWriteFailedEvent", "StateStore", "StoreEvent", "blob_problem", "seal", "verify_blob",
+    "InsufficientStorageError", "InsufficientStorageEvent", "SnapshotKeyError", "SnapshotReadError",
+    "SnapshotWriteError", "SnapshotWriteFailedEvent", "StateStore", "StoreEvent", "blob_problem", "seal", "verify_blob",
 ]

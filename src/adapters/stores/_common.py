@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from ...domain import IntegrityError
 from ...ports.state_store import (
@@ -12,6 +12,7 @@ from ...ports.state_store import (
     CorruptedSnapshotEvent,
     EventCallback,
     InsufficientStorageEvent,
+    SnapshotKeyError,
     StoreEvent,
     blob_problem,
 )
@@ -26,10 +27,14 @@ class Unreadable(Exception):
 
 
 def check_key(key: str) -> str:
-    """Return ``key`` if it is a valid store key, else raise ``ValueError`` naming the rule."""
+    """Return ``key`` if it is a valid store key, else raise :class:`SnapshotKeyError` naming the rule.
+
+    A valid key is one plain name (no separator, NUL, ``..`` or leading dot, never absolute), so
+    ``<root>/<key>`` of a file store and ``<prefix><key>/`` of S3 stay inside their store.
+    """
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise ValueError(f"invalid snapshot key {key!r}: use 1-200 characters from "
-                         "A-Z a-z 0-9 _ . - = @ + ^ : and do not start with a dot")
+        raise SnapshotKeyError(f"invalid snapshot key {key!r}: use 1-200 characters from "
+                               "A-Z a-z 0-9 _ . - = @ + ^ : and do not start with a dot")
     return key
 
 
@@ -39,6 +44,11 @@ def check_blob(key: str, blob: bytes, max_bytes: int) -> bytes:
     if problem is not None:
         raise IntegrityError(f"refusing to save snapshot {key!r}: {problem}")
     return bytes(blob)
+
+
+def check_batch(items: Mapping[str, bytes], max_bytes: int) -> dict[str, bytes]:
+    """``items`` with every key and blob checked, before any is stored (the first bad one raises)."""
+    return {check_key(key): check_blob(key, blob, max_bytes) for key, blob in items.items()}
 
 
 def positive(value: int | None, default: int, name: str) -> int:

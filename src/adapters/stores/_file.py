@@ -1,10 +1,14 @@
 """``FileStore``: crash-safe snapshots in a directory, one sub-directory per key.
 
-Layout: ``<root>/<key>/<version:012d>.snap``, versions numbered 1, 2, 3 … and never reused. A
-save writes a temporary file created exclusively in the same directory (``.tmp-*.part``), fsyncs
-it, renames it atomically over its final name and fsyncs the directory, so at every instant each
-``.snap`` file is either absent or complete, even if the process is killed mid-write. Temporary
-files left by a crash are ignored by ``load`` and removed by a later ``save`` once stale.
+Layout: ``<root>/<key>/<version:012d>.snap``, versions numbered 1, 2, 3 … A save writes the blob
+to a temporary file created exclusively in the same directory (``.tmp-*.part``) and fsyncs it.
+It then *claims* the next version by hard-linking that file under its name: ``link`` creates the
+name only if it is absent, in one step, so two writers (threads or processes) never get the same
+version. A writer that finds its number taken lists the directory again and takes the next one.
+The directory is then fsynced and the temporary name removed. At every instant each ``.snap``
+file is either absent or complete, even if the process is killed mid-write. Temporary files left
+by a crash are ignored by ``load`` and removed by a later ``save`` once stale. The file system must
+support hard links (every POSIX local file system and NFS do; FAT does not: saves then fail).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ...ports.state_store import (
 from ._common import (
     DEFAULT_KEEP,
     Unreadable,
+    check_batch,
     check_blob,
     check_key,
     emit,
@@ -43,6 +48,7 @@ from ._common import (
 _VERSION = re.compile(r"(\d{12})\.snap")
 _TMP_PREFIX, _TMP_SUFFIX = ".tmp-", ".part"
 STALE_TMP_SECONDS = 600.0
+CLAIM_ATTEMPTS = 100  # versions taken by other writers in a row before a save reports the conflict
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -66,8 +72,8 @@ class FileStore:
     """Snapshots as files under ``root`` (argument, else ``$USP_SNAPSHOT_DIR``, else ``snapshots``).
 
     Keeps the newest ``keep`` versions per key. Before writing, checks that the file system has at
-    least ``free_space_factor`` × the blob size free. One writer per key at a time is assumed (two
-    racing writers cannot corrupt a version, but one of their snapshots may be lost).
+    least ``free_space_factor`` × the blob size free. Any number of writers (threads, processes,
+    store instances) may save one key at once: each save leaves a version of its own or raises.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, keep: int | None = None,
@@ -81,10 +87,11 @@ class FileStore:
 
     # -- port -------------------------------------------------------------------------------------
     def save(self, key: str, blob: bytes) -> None:
-        """Write ``blob`` as the next version of ``key`` atomically, then prune old versions.
+        """Write ``blob`` as a new version of ``key`` (atomically, under a number of its own), then prune.
 
         :raises InsufficientStorageError: free space below the factor × size, or ENOSPC/EDQUOT.
-        :raises SnapshotWriteError: any other OS error; earlier versions are untouched.
+        :raises SnapshotWriteError: any other OS error, or ``CLAIM_ATTEMPTS`` version numbers in a
+            row taken by other writers (errno EEXIST); earlier versions are untouched.
         """
         blob = check_blob(check_key(key), blob, self.max_bytes)
         folder = self.root / key
@@ -97,15 +104,18 @@ class FileStore:
                 raise InsufficientStorageError(
                     errno.ENOSPC, f"snapshot {key!r} needs {len(blob)} bytes and the store keeps "
                     f"{self.free_space_factor:g}x that free, but only {free} bytes are free", str(folder))
-            versions = self._versions(folder)
-            version = versions[0] + 1 if versions else 1
-            target = folder / f"{version:012d}.snap"
-            self._write(folder, target, blob)
+            tmp = self._write_temp(folder, blob)
+            try:
+                target = self._claim(folder, tmp)
+            finally:
+                with contextlib.suppress(OSError):  # a leftover is swept once stale
+                    os.unlink(tmp)
+            _fsync_dir(folder)
         except SnapshotWriteError:
             raise
         except OSError as exc:
             raise self._failure(key, target, exc, len(blob)) from exc
-        self._prune(folder, [version, *versions])
+        self._prune(folder)
 
     def load(self, key: str) -> bytes | None:
         """The newest version of ``key`` that verifies (older ones tried in turn), else None.
@@ -125,8 +135,9 @@ class FileStore:
         return newest_valid(key, candidates, max_bytes=self.max_bytes, on_event=self.on_event)
 
     def save_many(self, items: Mapping[str, bytes]) -> None:
-        """``save`` each item in turn; stops at the first failure (the keys before it are saved)."""
-        for key, blob in items.items():
+        """``save`` each item in turn, every key and blob checked first; stops at the first write
+        failure (the keys before it are saved)."""
+        for key, blob in check_batch(items, self.max_bytes).items():
             self.save(key, blob)
 
     def load_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
@@ -153,7 +164,8 @@ class FileStore:
         _fsync_dir(folder.parent)
 
     @staticmethod
-    def _write(folder: Path, target: Path, blob: bytes) -> None:
+    def _write_temp(folder: Path, blob: bytes) -> str:
+        """A new temporary file in ``folder`` holding ``blob``, fsynced (removed again on failure)."""
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=folder)
         try:
             try:
@@ -161,12 +173,27 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(folder)
+        return tmp
+
+    def _claim(self, folder: Path, tmp: str) -> Path:
+        """Link ``tmp`` under the first version number above those listed; relist when it is taken.
+
+        ``os.link`` fails with EEXIST instead of replacing, so a number is claimed by one writer.
+        """
+        for _ in range(CLAIM_ATTEMPTS):
+            versions = self._versions(folder)
+            target = folder / f"{(versions[0] if versions else 0) + 1:012d}.snap"
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, f"{CLAIM_ATTEMPTS} version numbers in a row were claimed by "
+                                            "other writers first", str(folder))
 
     def _read(self, path: Path) -> bytes | None:
         try:
@@ -193,10 +220,14 @@ class FileStore:
                                                      errno=exc.errno))
         return SnapshotWriteError(exc.errno, f"writing snapshot {key!r} failed: {exc}", str(target))
 
-    def _prune(self, folder: Path, versions: list[int]) -> None:
-        """Delete versions beyond the newest ``keep`` and stale temporary files (errors only logged)."""
+    def _prune(self, folder: Path) -> None:
+        """Delete versions beyond the newest ``keep`` and stale temporary files (errors only logged).
+
+        The directory is listed afresh, after this save's claim: a version another writer has just
+        claimed is then among the newest, never deleted (unless ``keep`` newer ones exist).
+        """
         try:
-            for version in sorted(sorted(set(versions), reverse=True)[self.keep:]):  # oldest first
+            for version in reversed(self._versions(folder)[self.keep:]):  # oldest first
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(folder / f"{version:012d}.snap")
             now = time.time()

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ...ports.state_store import DEFAULT_MAX_BLOB_BYTES, EventCallback
-from ._common import DEFAULT_KEEP, check_blob, check_key, newest_valid, positive
+from ._common import DEFAULT_KEEP, check_batch, check_blob, check_key, newest_valid, positive
 
 
 class MemoryStore:
@@ -25,7 +25,8 @@ class MemoryStore:
         self._lock = threading.Lock()
 
     def save(self, key: str, blob: bytes) -> None:
-        """Append ``blob`` as the newest version of ``key`` (refused with IntegrityError if invalid)."""
+        """Append ``blob`` as the newest version of ``key`` under the store's lock (so concurrent saves
+        each add their own), dropping versions past ``keep``; an invalid blob raises IntegrityError."""
         blob = check_blob(check_key(key), blob, self.max_bytes)
         with self._lock:
             versions = self.history.setdefault(key, [])
@@ -41,9 +42,8 @@ class MemoryStore:
         return newest_valid(key, candidates, max_bytes=self.max_bytes, on_event=self.on_event)
 
     def save_many(self, items: Mapping[str, bytes]) -> None:
-        """``save`` each item; every blob is checked before any is stored."""
-        checked = {check_key(k): check_blob(k, b, self.max_bytes) for k, b in items.items()}
-        for key, blob in checked.items():
+        """``save`` each item; every key and blob is checked before any is stored."""
+        for key, blob in check_batch(items, self.max_bytes).items():
             self.save(key, blob)
 
     def load_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:

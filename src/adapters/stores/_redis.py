@@ -24,7 +24,7 @@ from ...ports.state_store import (
     SnapshotWriteError,
     SnapshotWriteFailedEvent,
 )
-from ._common import DEFAULT_KEEP, check_blob, check_key, emit, newest_valid, no_space, positive
+from ._common import DEFAULT_KEEP, check_batch, check_key, emit, newest_valid, no_space, positive
 
 
 def _client_from_env(url: str | None, timeout_s: float | None) -> Any:
@@ -41,6 +41,12 @@ def _client_from_env(url: str | None, timeout_s: float | None) -> Any:
 
 class RedisStore:
     """Each key is a Redis list ``<prefix><key>`` of blobs, newest first, trimmed to ``keep``.
+
+    A save is ``LPUSH`` + ``LTRIM`` in one MULTI/EXEC transaction, which Redis runs without
+    interleaving any other client's commands: each save adds an element of its own at the head
+    (its position in the list is its version), and the trim drops only elements behind the newest
+    ``keep``. Concurrent writers therefore never overwrite each other, and no version number needs
+    claiming.
 
     ``save_many`` writes every key in one MULTI/EXEC pipeline (all or nothing); ``load_many``
     reads the newest version of every key in one pipeline, then older versions in a second one only
@@ -74,7 +80,7 @@ class RedisStore:
         """
         import redis
 
-        checked = {check_key(k): check_blob(k, b, self.max_bytes) for k, b in items.items()}
+        checked = check_batch(items, self.max_bytes)
         if not checked:
             return
         pipe = self.client.pipeline(transaction=True)

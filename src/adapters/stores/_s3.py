@@ -1,6 +1,14 @@
 """``S3Store``: snapshots as versioned objects in an S3 (or S3-compatible) bucket, via boto3.
 
-Objects are ``<prefix><key>/<version:012d>.snap``; the newest ``keep`` versions are kept.
+Objects are ``<prefix><key>/<number:012d>-<nonce>.snap``; the newest ``keep`` versions are kept.
+A save lists the key's objects and PUTs under the next number and a fresh random 64-bit nonce: a
+name no other save picks, so every save is an object of its own on any server, with no
+conditional request (moto checks ``If-None-Match`` and stores in two steps, so two racing PUTs
+both succeed; a server without conditional writes may ignore the header). Versions order by
+(number, nonce): LIST being strongly consistent, a save that starts after another returned gets a
+higher number; two concurrent saves may share a number and are ordered by nonce. Names without a
+nonce (``<number:012d>.snap``, from earlier releases) are the oldest of their number.
+
 Environment (each overridden by the matching constructor argument):
 
 * ``USP_S3_BUCKET`` — bucket name (required one way or the other).
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-import threading
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,17 +36,28 @@ from ...ports.state_store import (
     SnapshotWriteError,
     SnapshotWriteFailedEvent,
 )
-from ._common import DEFAULT_KEEP, Unreadable, check_blob, check_key, emit, log, newest_valid, positive
+from ._common import (
+    DEFAULT_KEEP,
+    Unreadable,
+    check_batch,
+    check_blob,
+    check_key,
+    emit,
+    log,
+    newest_valid,
+    positive,
+)
 
-_VERSION = re.compile(r"(\d{12})\.snap")
+_VERSION = re.compile(r"(\d{12})(?:-([0-9a-f]{16}))?\.snap")
+Version = tuple[int, str]  # (number, nonce); the nonce is "" in names without one
 
 
 class S3Store:
     """Versioned snapshot objects with retention, loaded newest-valid-first like the file store.
 
-    The versions of a key written or listed by this process are cached, so a save costs one PUT
-    (plus one DELETE past ``keep``); one writer per key at a time is assumed. ``save_many`` and
-    ``load_many`` run up to ``max_workers`` requests concurrently.
+    A save costs one LIST and one PUT (plus one DELETE past ``keep``). Any number of writers may
+    save one key at once: each save leaves an object of its own. ``save_many`` and ``load_many``
+    run up to ``max_workers`` requests concurrently.
     """
 
     def __init__(self, bucket: str | None = None, *, prefix: str | None = None,
@@ -61,35 +80,31 @@ class S3Store:
         self.max_bytes = positive(max_bytes, DEFAULT_MAX_BLOB_BYTES, "max_bytes")
         self.max_workers = positive(max_workers, 8, "max_workers")
         self.on_event = on_event
-        self._versions: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
 
     # -- port -------------------------------------------------------------------------------------
     def save(self, key: str, blob: bytes) -> None:
-        """PUT ``blob`` as the next version of ``key``, then delete versions past ``keep``.
+        """PUT ``blob`` as a new version of ``key`` under a name of its own, then prune past ``keep``.
 
-        :raises SnapshotWriteError: the PUT failed; earlier versions are untouched.
+        Pruning deletes only listed versions with ``keep`` newer ones, so never the version another
+        writer has just claimed; versions two concurrent saves both missed go at the next save.
+
+        :raises SnapshotWriteError: listing or the PUT failed; earlier versions are untouched.
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
         blob = check_blob(check_key(key), blob, self.max_bytes)
         name = f"{self.prefix}{key}/<next>.snap"
         try:
-            versions = self._known(key)
-            version = versions[0] + 1 if versions else 1
+            versions = self._list(key)
+            version = ((versions[0][0] if versions else 0) + 1, secrets.token_hex(8))
             name = self._name(key, version)
             self.client.put_object(Bucket=self.bucket, Key=name, Body=blob,
                                    ContentType="application/octet-stream")
         except (BotoCoreError, ClientError) as exc:
-            with self._lock:
-                self._versions.pop(key, None)
             emit(self.on_event, SnapshotWriteFailedEvent(key=key, location=f"s3://{self.bucket}/{name}",
                                                          error=str(exc)))
             raise SnapshotWriteError(None, f"saving snapshot {key!r} to S3 failed: {exc}") from exc
-        versions = [version, *versions]
-        with self._lock:
-            self._versions[key] = versions[: self.keep]
-        stale = versions[self.keep:]
+        stale = versions[self.keep - 1:]
         if stale:
             try:
                 self.client.delete_objects(Bucket=self.bucket, Delete={
@@ -114,8 +129,9 @@ class S3Store:
             raise SnapshotReadError(None, f"loading snapshot {key!r} from S3 failed: {exc}") from exc
 
     def save_many(self, items: Mapping[str, bytes]) -> None:
-        """``save`` every item concurrently; raises the first failure after all were attempted."""
-        self._each(lambda kv: self.save(*kv), list(items.items()))
+        """``save`` every item concurrently, every key and blob checked first; raises the first write
+        failure after all were attempted."""
+        self._each(lambda kv: self.save(*kv), list(check_batch(items, self.max_bytes).items()))
 
     def load_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """``load`` every key concurrently."""
@@ -123,29 +139,22 @@ class S3Store:
         return dict(zip(keys, self._each(self.load, keys), strict=True))
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _name(self, key: str, version: int) -> str:
-        return f"{self.prefix}{key}/{version:012d}.snap"
+    def _name(self, key: str, version: Version) -> str:
+        number, nonce = version
+        return f"{self.prefix}{key}/{number:012d}{'-' if nonce else ''}{nonce}.snap"
 
-    def _known(self, key: str) -> list[int]:
-        with self._lock:
-            cached = self._versions.get(key)
-        return list(cached) if cached is not None else self._list(key)
-
-    def _list(self, key: str) -> list[int]:
-        """Versions of ``key`` in the bucket, newest first (and remembered for the next save)."""
+    def _list(self, key: str) -> list[Version]:
+        """Versions of ``key`` in the bucket, newest first."""
         folder = f"{self.prefix}{key}/"
-        versions: list[int] = []
+        versions: list[Version] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
             for item in page.get("Contents", ()):
                 match = _VERSION.fullmatch(item["Key"][len(folder):])
                 if match:
-                    versions.append(int(match.group(1)))
-        versions.sort(reverse=True)
-        with self._lock:
-            self._versions[key] = versions[: self.keep]
-        return versions
+                    versions.append((int(match.group(1)), match.group(2) or ""))
+        return sorted(versions, reverse=True)
 
-    def _fetcher(self, key: str, version: int) -> Callable[[], bytes | None]:
+    def _fetcher(self, key: str, version: Version) -> Callable[[], bytes | None]:
         def fetch() -> bytes | None:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self._name(key, version))
