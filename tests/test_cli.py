@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from usp.cli import main, read_observations
+from usp.adapters.csv_reader import read_observations
+from usp.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +74,7 @@ def test_naive_timestamps_and_bad_values_exit_with_a_clear_error(tmp_path, capsy
     assert main(["run", str(bad), "--quiet"]) == 2
     assert "line 3" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "absent.csv"), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"usp: error: {tmp_path / 'absent.csv'}: no such file\n"
 
 
 def test_bad_config_file_exits_with_the_key_named(tmp_path, series, capsys):

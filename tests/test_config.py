@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from usp import ConfigError, PredictorConfig, load_config
-from usp.cli import default_config_toml
+from usp import ConfigError, FunctionalPredictor, PredictorConfig, load_config
+from usp.cli import default_config_toml, main
 from usp.domain._config import FIELDS, SECTIONS, config_from_sections, config_to_sections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,8 @@ def test_every_key_is_documented_in_docs():
     ({"sensitivity": {"epsilon": float("inf")}}, r"epsilon = inf: must be finite"),
     ({"orchestrator": {"entropy_window_bounds_min": 600}}, r"entropy_window_bounds_min = 600 exceeds"),
     ({"orchestrator": {"robustness_force_kernel_d": 1}}, r"expected bool"),
+    ({"numerical": {"wtmm_h_min": 1.0, "wtmm_h_max": 1.0}}, r"wtmm_h_min = 1.0 must be below wtmm_h_max = 1.0"),
+    ({"core": {"besov_nyquist_interval_ns": 2**63}}, r"besov_nyquist_interval_ns = 9223372036854775808: does not fit"),
 ])
 def test_bad_config_names_the_key_and_range(sections, message):
     with pytest.raises(ConfigError, match=message):
@@ -94,3 +97,48 @@ def test_config_is_hashable_and_static_under_jit():
     assert float(traced(jnp.float64(2.0), config)) == 10.0
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.cusum_h = 1.0  # type: ignore[misc]
+
+
+# --- `usp config check` runs the validation of building a predictor ------------------------------
+
+#: Configs that only building a predictor used to reject, and the key each error must name.
+PREDICTOR_REJECTS = [
+    ('[kernels]\nenabled_kernels = ["A", "nope"]\n', r"enabled_kernels names \['nope'\]"),
+    ("[numerical]\nwtmm_h_min = 2.5\nwtmm_h_max = 1.0\n", r"wtmm_h_min = 2.5 must be below wtmm_h_max"),
+    ("[numerical]\nwtmm_buffer_size = 32\nwtmm_max_scale_fraction = 0.05\n[kernels]\nkernel_a_order = 4\n",
+     r"wtmm_max_scale_fraction = 0.05 leave fewer than 3 scales"),
+    ("[numerical]\nsignal_sampling_interval = 1e12\n",
+     r"\[numerical\] signal_sampling_interval = 1000000000000.0 s: in nanoseconds it does not fit a 64-bit integer"),
+    ("[core]\nstaleness_ttl_ns = 99_999_999_999_999_999_999\n", r"\[core\] staleness_ttl_ns = .*does not fit a 64-bit"),
+]
+
+
+@pytest.mark.parametrize(("toml", "message"), PREDICTOR_REJECTS)
+def test_config_check_rejects_what_building_a_predictor_rejects(tmp_path, capsys, toml, message):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        FunctionalPredictor(load_config(path))
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.search(message, captured.err)
+    assert captured.err.startswith(f"usp: error: {path}: ") and captured.err.count("\n") == 1
+
+
+def test_config_check_accepts_what_builds_and_names_the_kernels(tmp_path, capsys):
+    for path in (ROOT / "config.toml", ROOT / "examples" / "co2_weekly.toml"):
+        assert FunctionalPredictor(load_config(path)).kernel_names == ("A", "D")
+        assert main(["config", "check", str(path)]) == 0
+        assert capsys.readouterr().out == f"{path}: ok (kernels: A [builtin], D [builtin])\n"
+
+
+def test_config_files_that_are_not_utf8_or_not_files_are_config_errors(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[core]\nschema_version = "1.0 é"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.toml is not UTF-8 text \(byte 0xE9"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match=r"cannot read config file .*: Is a directory"):
+        load_config(tmp_path)
+    bom = tmp_path / "bom.toml"
+    bom.write_text("\ufeff[core]\nseed = 3\n", encoding="utf-8")
+    assert load_config(bom).seed == 3

@@ -263,10 +263,22 @@ def _check_value(field: attrs.Attribute, value: Any) -> None:
                 meta["hi"] is not None and value > meta["hi"]):
             raise ConfigError(f"{_where(field.name)} = {value!r}: out of range, allowed "
                               f"{_range_text(field)}")
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            raise ConfigError(f"{_where(field.name)} = {value!r}: does not fit a 64-bit integer "
+                              f"(at most {INT64_MAX:_})")
+
+
+#: Range of the int64 the core holds integers (and nanoseconds) in.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def validate(config: PredictorConfig) -> None:
-    """Check every field's type and range and the cross-field constraints (raises ConfigError)."""
+    """Check every field's type and range and the cross-field constraints (raises ConfigError).
+
+    These are the facts of the config alone; building a predictor (``FunctionalPredictor``, and
+    ``usp config check``, which builds one) adds the checks that need more: the enabled kernels
+    must be installed, and the WTMM scales must fit the roughness buffer.
+    """
     for field in FIELDS.values():
         value = getattr(config, field.name)
         expected = field.type if isinstance(field.type, type) else None
@@ -288,6 +300,12 @@ def validate(config: PredictorConfig) -> None:
     if 4 * config.kernel_a_order >= config.wtmm_buffer_size:
         raise ConfigError(f"{_where('kernel_a_order')} = {config.kernel_a_order}: must be below "
                           f"wtmm_buffer_size / 4 = {config.wtmm_buffer_size / 4:g}")
+    if config.wtmm_h_min >= config.wtmm_h_max:
+        raise ConfigError(f"{_where('wtmm_h_min')} = {config.wtmm_h_min} must be below wtmm_h_max = "
+                          f"{config.wtmm_h_max}")
+    if config.signal_sampling_interval * 1e9 >= INT64_MAX:
+        raise ConfigError(f"{_where('signal_sampling_interval')} = {config.signal_sampling_interval!r} s: in "
+                          f"nanoseconds it does not fit a 64-bit integer (at most {INT64_MAX / 1e9:.4g} s)")
     if config.kernel_a_mode == "rkhs" and config.kernel_a_rkhs_points + config.kernel_a_order >= config.window_size:
         raise ConfigError(f"{_where('kernel_a_rkhs_points')} = {config.kernel_a_rkhs_points}: plus "
                           f"kernel_a_order must stay below window_size = {config.window_size}")

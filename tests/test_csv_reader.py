@@ -1,0 +1,155 @@
+"""The CSV reader of observations: headers, typos, encodings, and no row lost unreported."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import string
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from usp import ConfigError, DomainError, TimestampError, USPError
+from usp.adapters.csv_reader import HeaderRow, read_observations
+
+BOM = "\ufeff"
+
+
+def _read(path, interval=1.0):
+    headers: list[HeaderRow] = []
+    rows = list(read_observations(path, interval, on_header=headers.append))
+    return rows, headers
+
+
+def test_a_bom_before_a_first_value_keeps_the_value(tmp_path):
+    data = tmp_path / "v.csv"
+    data.write_bytes((BOM + "101.5\n102.0\n").encode())
+    rows, headers = _read(data)
+    assert [v for _, v in rows] == [101.5, 102.0] and headers == []
+    data.write_bytes((BOM + "timestamp,value\n2026-01-02T00:00:00Z,1.5\n").encode())
+    rows, headers = _read(data)
+    assert rows == [(1_767_312_000 * 10**9, 1.5)] and headers == [HeaderRow(1, ("timestamp", "value"))]
+
+
+def test_a_one_column_header_is_reported_and_a_mistyped_first_value_is_an_error(tmp_path):
+    data = tmp_path / "v.csv"
+    data.write_text("price\n1.0\n2.0\n")
+    rows, headers = _read(data, 0.5)
+    assert [s for s, _ in rows] == [0, 500_000_000] and headers == [HeaderRow(1, ("price",))]
+    for typo in ("1O0.5", "-1.5e", ".5x"):
+        data.write_text(f"{typo}\n1.0\n")
+        with pytest.raises(DomainError, match=rf"v.csv, line 1: '{typo}' is not a number"):
+            _read(data)
+
+
+@pytest.mark.parametrize(("content", "error", "message"), [
+    ("timestamp,value\n2026-01-02T00:00:00Z,1.0\n2026-01-02T00:00:01Z,abc\n", DomainError, "line 3: value 'abc'"),
+    ("2026-01-02T00:00:00Z,1O0.5\n", DomainError, "line 1: value '1O0.5' is not a number"),
+    ("2026-01-02T00:00:00,1.0\n", TimestampError, "line 1: timestamp .* has no timezone"),
+    ("99999999999999999999,1.0\n", TimestampError, "outside int64 nanoseconds"),
+    ("9999-01-01T00:00:00Z,1.0\n", TimestampError, "outside int64 nanoseconds"),
+    ("1.0\n2026-01-02T00:00:00Z,2.0\n", DomainError, "line 2: 2 fields, but the file has 1 column"),
+    ("1,2,3\n", DomainError, "line 1: expected 'timestamp,value' or one value column, got 3 fields"),
+    ("1.0\n\x002.0\n", DomainError, r"line 2: value '\\x002.0' is not a number \(it holds NUL bytes: UTF-16"),
+    ("1.0\n" + "9" * 200_000 + "\n", DomainError, "line 2: not readable as CSV: field larger than field limit"),
+])
+def test_bad_rows_are_errors_naming_file_and_line(tmp_path, content, error, message):
+    data = tmp_path / "bad.csv"
+    data.write_text(content)
+    with pytest.raises(error, match=message):
+        _read(data)
+
+
+def test_other_encodings_are_errors_naming_the_file(tmp_path):
+    data = tmp_path / "latin.csv"
+    data.write_bytes("valeur\n1.5\n2.5 °C\n".encode("latin-1"))
+    with pytest.raises(DomainError, match=r"latin.csv, line 3: not UTF-8 text \(byte 0xB0 at column 5\)"):
+        _read(data)
+    data.write_bytes("value\n1.5\n".encode("utf-16"))
+    with pytest.raises(DomainError, match=r"latin\.csv: UTF-16 text"):
+        _read(data)
+
+
+def test_spacing_beyond_int64_names_the_key(tmp_path):
+    data = tmp_path / "v.csv"
+    data.write_text("1\n2\n3\n")
+    with pytest.raises(ConfigError, match=r"line 3: tick 2.*signal_sampling_interval"):
+        _read(data, 5e9)
+    with pytest.raises(ConfigError, match=r"signal_sampling_interval .* below 1 ns"):
+        _read(data, 1e-12)
+
+
+# --- property: random content never gives a traceback, and never loses a readable row -----------
+
+_CELLS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**20), 10**20).map(str),
+    st.sampled_from(["value", "timestamp", "1O0.5", "nan", "-inf", " 7 ", "", "1e400", "²", "1_0", BOM + "3.5",
+                     "2026-01-02T09:30:00Z", "2026-01-02T09:30:00", "2026-01-02T09:30:00+05:00", "0x10",
+                     '"4,5"', "é", "9999-12-31T23:59:59+00:00"]),
+    st.text(string.printable, max_size=6),
+)
+_ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252"])
+
+
+@st.composite
+def csv_files(draw) -> bytes:
+    """A file's bytes: rows of 1–3 random cells in a random encoding, maybe with stray bytes."""
+    width = draw(st.integers(1, 2))
+    rows = draw(st.lists(st.lists(_CELLS, min_size=width, max_size=width + draw(st.sampled_from([0, 0, 1]))),
+                         max_size=12))
+    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    text = (BOM if draw(st.booleans()) else "") + newline.join(",".join(row) for row in rows) + newline
+    data = text.encode(draw(_ENCODINGS), errors="replace")
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.binary(max_size=4)) + data[at:]
+    return draw(st.one_of(st.just(data), st.binary(max_size=64))) if draw(st.booleans()) else data
+
+
+def _nonblank_rows(data: bytes) -> list[list[str]] | None:
+    """The rows an independent reading of ``data`` finds (None when it is not UTF-8)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    return [row for row in rows if any(c.strip().strip(BOM).strip() for c in row)]
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=csv_files())
+@example(data=b"\xef")  # a truncated BOM (a decoder for utf-8-sig drops it silently)
+@example(data=b"\xef\xbb\xbf1.5\n\xef\xbb\xbf2.5\n2\xc3")
+def test_random_content_never_tracebacks_and_never_loses_a_row_silently(tmp_path, data):
+    path = tmp_path / "random.csv"
+    path.write_bytes(data)
+    try:
+        rows, headers = _read(path, 0.001)
+    except USPError as exc:
+        assert str(path) in str(exc)  # a refused file is named, with the reason
+        return
+    except csv.Error as exc:  # pragma: no cover - the reader must translate these
+        raise AssertionError(f"csv.Error escaped: {exc}") from exc
+    expected = _nonblank_rows(data)
+    assert expected is not None, "a file that is not UTF-8 was read"
+    assert len(rows) + len(headers) == len(expected)  # every row is an observation or the reported header
+    assert len(headers) <= 1 and all(h.line >= 1 for h in headers)
+    data_rows = expected[len(headers):]
+    for (_, value), row in zip(rows, data_rows, strict=True):
+        assert _same(value, float(row[-1].strip().strip(BOM).strip()))
+    if headers:  # a header is never a number
+        assert all(_not_a_number(cell) for cell in headers[0].cells[-1:])
+
+
+def _not_a_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return True
+    return False
