@@ -24,6 +24,7 @@ from .application.types import (
     FrozenSignalAlarmEvent,
     FrozenSignalReleasedEvent,
     LowEpsilonEvent,
+    MagnitudeRejectedEvent,
     NonFiniteRejectedEvent,
     NormalOperationRestoredEvent,
     OutlierRejectedEvent,
@@ -49,14 +50,16 @@ from .domain import (
     Window,
 )
 from .domain._events import EventCode
+from .ports.state_store import SnapshotKeyError
 
 __all__ = [
-    "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError", "Event",
-    "EventCode", "FreezingTopologicalBranchEvent", "FrequencyWarning", "FrozenSignalAlarmEvent",
-    "FrozenSignalReleasedEvent", "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec",
-    "LowEpsilonEvent", "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode",
+    "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError", "Event", "EventCode",
+    "FreezingTopologicalBranchEvent", "FrequencyWarning", "FrozenSignalAlarmEvent", "FrozenSignalReleasedEvent",
+    "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec", "LowEpsilonEvent",
+    "MagnitudeRejectedEvent", "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode",
     "OutOfOrderRejectedEvent", "OutlierRejectedEvent", "PredictionResult", "PredictorConfig", "ProcessState",
-    "RegimeChangedEvent", "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SparseArrivalEvent",
-    "StaleDataEvent", "StalenessWarning", "Telemetry", "TimestampError", "TopologicalBranchReleasedEvent",
-    "USPError", "UniversalPredictor", "Window", "load_config",
+    "RegimeChangedEvent", "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SnapshotKeyError",
+    "SparseArrivalEvent",
+    "StaleDataEvent", "StalenessWarning", "Telemetry", "TimestampError", "TopologicalBranchReleasedEvent", "USPError",
+    "UniversalPredictor", "Window", "load_config",
 ]

@@ -17,6 +17,8 @@ from usp import (
     EventCode,
     FrequencyWarning,
     FunctionalPredictor,
+    MagnitudeRejectedEvent,
+    NonFiniteRejectedEvent,
     NormalOperationRestoredEvent,
     OperatingMode,
     OutlierRejectedEvent,
@@ -28,6 +30,7 @@ from usp import (
     UniversalPredictor,
 )
 from usp.adapters.clocks import ManualClock, ReplayClock
+from usp.application import decode_events
 from usp.application.predictors import read_piece
 from usp.domain._core import Out
 from usp.plugins.manager import build_plugin_manager
@@ -93,11 +96,31 @@ def test_arbitrary_floats_never_crash_nor_poison_the_state(functional, warm_stat
 
 def test_rejected_tick_is_bit_identical_and_returns_last_valid_result(functional, warm_state):
     state, good = functional.step(warm_state, ProcessState(0.5, T0))
-    for bad in (math.nan, math.inf, -math.inf, 1e200):
+    for bad, kind in ((math.nan, NonFiniteRejectedEvent), (math.inf, NonFiniteRejectedEvent),
+                      (-math.inf, NonFiniteRejectedEvent), (1e200, MagnitudeRejectedEvent),
+                      (-1e101, MagnitudeRejectedEvent), (np.finfo(np.float64).max, MagnitudeRejectedEvent)):
         after, result = functional.step(state, ProcessState(bad, T0 + MS))
         assert _identical(state, after)
         assert result.reference_prediction == good.reference_prediction
-        assert any(e.code & EventCode.REJECTED_NON_FINITE for e in result.telemetry.events)
+        assert [type(e) for e in result.telemetry.events] == [kind]
+
+
+def test_magnitude_limit_is_its_own_rejection_event(functional, caplog):
+    """|y| ≤ 1e100 is admissible (here on a cold state, where no outlier bound applies yet); beyond
+    it, finite values are rejected as REJECTED_MAGNITUDE, not as non-finite."""
+    assert EventCode.REJECTED_MAGNITUDE in EventCode.rejected()
+    assert decode_events(int(EventCode.REJECTED_MAGNITUDE)) == (
+        MagnitudeRejectedEvent(EventCode.REJECTED_MAGNITUDE, MagnitudeRejectedEvent.__doc__.strip()),)
+    cold = functional.init_state()
+    _, at_limit = functional.step(cold, ProcessState(-1e100, T0))
+    assert not any(e.code & EventCode.rejected() for e in at_limit.telemetry.events)
+    after, beyond = functional.step(cold, ProcessState(np.nextafter(1e100, math.inf), T0))
+    assert [e.name for e in beyond.telemetry.events] == ["MagnitudeRejectedEvent"] and _identical(cold, after)
+    predictor = _predictor()
+    with caplog.at_level("ERROR", logger="usp.predictor"):
+        result = predictor.step(ProcessState(1e150, T0))
+    assert isinstance(result.telemetry.events[0], MagnitudeRejectedEvent)
+    assert "REJECTED_MAGNITUDE" in caplog.text and int(predictor.state.count) == 0
 
 
 def test_catastrophic_outlier_is_rejected_and_weights_do_not_move(functional, warm_state):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 
@@ -19,11 +20,13 @@ class ReplayClock:
     """Time as the data says: "now" is the newest timestamp seen plus a fixed delay.
 
     Replaying a historical file therefore never trips staleness (the default delay is 0);
-    a positive ``delay_ns`` simulates a feed that lags by that much.
+    a positive ``delay_ns`` simulates a feed that lags by that much. Safe to share between
+    threads: "now" never goes backwards.
     """
 
     def __init__(self, delay_ns: int = 0) -> None:
         self._now: int | None = None
+        self._lock = threading.Lock()
         self.delay_ns = int(delay_ns)
 
     def now_ns(self) -> int:
@@ -31,7 +34,8 @@ class ReplayClock:
 
     def observe(self, timestamp_ns: int) -> None:
         stamp = int(timestamp_ns)
-        self._now = stamp if self._now is None else max(self._now, stamp)
+        with self._lock:
+            self._now = stamp if self._now is None else max(self._now, stamp)
 
 
 class ManualClock:

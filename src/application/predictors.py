@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..domain import FrequencyWarning, PredictorConfig, StalenessWarning
+from ..domain import DomainError, FrequencyWarning, PredictorConfig, StalenessWarning
 from ..domain._core import UNTIMED, CoreState, Out, make_core, refresh_due
 from ..domain._events import EventCode
 from ..ports import Clock
@@ -34,6 +35,7 @@ from .types import (
     ProcessState,
     Telemetry,
     decode_events,
+    history_values,
     to_magnitude,
 )
 
@@ -44,6 +46,11 @@ def _default_clock() -> Clock:
     from ..adapters.clocks import SystemClock  # the only adapter the application defaults to
 
     return SystemClock()
+
+
+def _check_observation(obs: Any) -> None:
+    if not isinstance(obs, ProcessState):
+        raise DomainError(f"an observation is a ProcessState(magnitude, timestamp_utc), got {type(obs).__name__}")
 
 
 def _resolve(config: PredictorConfig, kernels, plugin_manager):
@@ -289,6 +296,7 @@ class FunctionalPredictor:
 
     def step_raw(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, np.ndarray, int]:
         """Like :meth:`step` but returns the raw output vector (fast path for hosts)."""
+        _check_observation(obs)
         value = to_magnitude(obs.magnitude)
         timestamp_ns = obs.timestamp_ns
         now = self._now(timestamp_ns)
@@ -306,17 +314,21 @@ class FunctionalPredictor:
         """One tick for each of N assets (states batched with ``init_state(N)``).
 
         ``obs_batch`` is a list of ProcessState (one per asset, in state order) or a
-        ColumnarBatch of arrays. One compiled graph per batch size.
+        ColumnarBatch of arrays (both checked when built: bad values raise ``DomainError``, bad
+        timestamps ``TimestampError``). One compiled graph per batch size.
         """
         if isinstance(obs_batch, ColumnarBatch):
             values, stamps = obs_batch.values, obs_batch.timestamps_ns
         else:
+            if not isinstance(obs_batch, Sequence):
+                raise DomainError(f"step_batch takes a ColumnarBatch or a sequence of ProcessState, got "
+                                  f"{type(obs_batch).__name__}")
+            for obs in obs_batch:
+                _check_observation(obs)
             values = np.array([to_magnitude(o.magnitude) for o in obs_batch], dtype=np.float64)
             stamps = np.array([o.timestamp_ns for o in obs_batch], dtype=np.int64)
         expected = jax.tree_util.tree_leaves(states)[0].shape[0]
         if values.shape != (expected,):
-            from ..domain import DomainError
-
             raise DomainError(f"batch of {values.shape[0] if values.ndim else 0} observations for "
                               f"{expected} asset states")
         now = self._now(int(stamps.max()) if stamps.size else 0)
@@ -344,10 +356,11 @@ class FunctionalPredictor:
     def fit_history(self, state: CoreState, history: Any) -> tuple[CoreState, np.ndarray]:
         """Warm up on past values (untimed), with one ``lax.scan``.
 
-        ``history`` is float64[T] for a single state or float64[N, T] for a batched one.
-        Returns the new state and the output vector of the last tick (or [N, ...]).
+        ``history`` is float64[T] for a single state or float64[N, T] for a batched one (an array
+        of an integer or floating dtype, or sequences of real numbers: bool, str and None raise
+        ``DomainError``). Returns the new state and the output vector of the last tick (or [N, ...]).
         """
-        values = np.asarray(history, dtype=np.float64)
+        values = history_values(history)
         batched = jax.tree_util.tree_leaves(state)[0].ndim > 0 and values.ndim == 2
         if values.ndim != (2 if batched else 1) or values.shape[-1] == 0:
             raise ValueError(f"history must be float64[T] (or [N, T] for a batched state), got shape "
@@ -373,6 +386,17 @@ class UniversalPredictor:
     warnings, also logged and recorded as events); rejected ticks return the last valid result
     with a rejection event in its telemetry. The constructor compiles the step and the roughness
     reading (``FunctionalPredictor.warm_up``), so no tick waits on the compiler.
+
+    **Threads.** One instance may be shared by several threads. A re-entrant lock serialises
+    everything that replaces the state or the clock's view of time: :meth:`step`,
+    :meth:`step_raw`, :meth:`fit_history`, the :attr:`state` setter (which :meth:`load_snapshot`
+    goes through) and the load-shedding depth switch. Each tick is therefore applied exactly
+    once, to the state the previous tick left (no update is lost), in the order the threads take
+    the lock; ticks from different threads with equal timestamps are all accepted, and one whose
+    timestamp is older than an already applied tick is rejected as out of order. Reading
+    :attr:`state` and the snapshot saves do not wait: the state is an immutable pytree, so a
+    reference is a consistent copy. Ticks are serial: threads add no throughput (use
+    ``FunctionalPredictor.step_batch`` for many assets).
     """
 
     def __init__(self, config: PredictorConfig | None = None, clock: Clock | None = None, *,
@@ -381,6 +405,7 @@ class UniversalPredictor:
         self._functional = FunctionalPredictor(config, clock=clock, kernels=kernels,
                                                plugin_manager=plugin_manager)
         self.config = self._functional.config
+        self._lock = threading.RLock()  # see "Threads" in the class doc
         self._state = self._functional.init_state()
         self._shedding: LoadSheddingController | None = None
         self._variants: dict[int, FunctionalPredictor] = {}
@@ -424,7 +449,9 @@ class UniversalPredictor:
 
     @state.setter
     def state(self, value: CoreState) -> None:
-        self._state = value
+        """Replace the state (e.g. a restored snapshot), after any tick in progress."""
+        with self._lock:
+            self._state = value
 
     def fit_history(self, history: Sequence[float]) -> bool:
         """Cold-start bootstrapping on at least ``wtmm_buffer_size`` past values.
@@ -434,8 +461,9 @@ class UniversalPredictor:
 
         Raises:
             ValueError: fewer than ``wtmm_buffer_size`` values, or non-finite values.
+            DomainError (a ValueError): bool, str, None or other non-numbers.
         """
-        values = np.asarray(history, dtype=np.float64)
+        values = history_values(history)
         if values.ndim != 1:
             raise ValueError(f"history must be one-dimensional, got shape {values.shape}")
         if values.size < self.config.wtmm_buffer_size:
@@ -443,7 +471,8 @@ class UniversalPredictor:
                              f"{self.config.wtmm_buffer_size} (wtmm_buffer_size)")
         if not np.all(np.isfinite(values)):
             raise ValueError("history contains NaN or infinite values")
-        self._state, last = self._functional.fit_history(self._state, values)
+        with self._lock:
+            self._state, last = self._functional.fit_history(self._state, values)
         converged = bool(last[Out.SINKHORN_CONVERGED]) or self._functional.kernel_names.__len__() == 1
         stable = last[Out.CUSUM] < last[Out.THRESHOLD]
         if not (converged and stable):
@@ -464,11 +493,12 @@ class UniversalPredictor:
 
     def step_raw(self, obs: ProcessState) -> tuple[np.ndarray, int]:
         """Like :meth:`step`, returning the core's output vector (layout ``Out``) and timestamp."""
-        started = time.perf_counter_ns()
-        self._state, output, timestamp_ns = self._functional.step_raw(self._state, obs)
-        if self._shedding is not None:
-            depth = self._shedding.record(time.perf_counter_ns() - started)
-            self._functional = self._variants[depth]
+        with self._lock:  # one tick at a time: read the state, step, write it back
+            started = time.perf_counter_ns()
+            self._state, output, timestamp_ns = self._functional.step_raw(self._state, obs)
+            if self._shedding is not None:
+                depth = self._shedding.record(time.perf_counter_ns() - started)
+                self._functional = self._variants[depth]
         bits = int(output[Out.EVENTS])
         if bits:
             self._report(bits, output, timestamp_ns)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -36,15 +36,36 @@ def to_timestamp_ns(timestamp: _dt.datetime | int | np.integer) -> int:
                          f"{type(timestamp).__name__}")
 
 
-def to_magnitude(value: Any) -> float:
-    """The scalar value of an observation; shapes other than () or (1,) are a DomainError.
+def _real_kind(value: Any) -> bool:
+    """True for a real number: Python int/float, NumPy integer/floating (never a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
-    Non-finite values are returned as they are: the core rejects them as an event.
+
+def to_magnitude(value: Any) -> float:
+    """The scalar value of an observation as float64.
+
+    Accepted: a Python or NumPy int or float, or an array (NumPy, JAX) of an integer or floating
+    dtype and shape () or (1,). Non-finite values are returned as they are: the core rejects them
+    as an event (as it rejects finite values beyond 1e100).
+
+    Raises:
+        DomainError: a bool (Python or NumPy), str, bytes, None, complex or any other object, a
+            bool/str/object array, a shape other than () or (1,), or an int beyond float64.
     """
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DomainError(f"magnitude must be a real number, got {type(value).__name__}") from exc
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if not _real_kind(value):
+            raise DomainError(f"magnitude must be a real number, got a bool ({value!r})")
+        try:
+            return float(value)
+        except OverflowError as exc:  # a Python int beyond float64's range
+            raise DomainError(f"magnitude (an integer of {len(str(abs(value)))} digits) does not fit in "
+                              f"float64") from exc
+    is_array = hasattr(value, "dtype") or isinstance(value, (list, tuple))
+    if not is_array or isinstance(value, (str, bytes, np.generic)):
+        raise DomainError(f"magnitude must be a real number, got {type(value).__name__} ({value!r:.40})")
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise DomainError(f"magnitude must be a real number, got an array of dtype {array.dtype}")
     if array.shape not in ((), (1,)):
         raise DomainError(f"magnitude must be a scalar or shape (1,), got shape {array.shape}")
     return float(array.reshape(()))
@@ -52,17 +73,21 @@ def to_magnitude(value: Any) -> float:
 
 @attrs.frozen
 class ProcessState:
-    """One observation (y_t, τ_utc).
+    """One observation (y_t, τ_utc), checked when it is built.
 
     Attributes:
-        magnitude: the value y_t (scalar, or an array of shape (1,)).
-        timestamp_utc: timezone-aware datetime (or integer UTC nanoseconds).
+        magnitude: the value y_t: a real number (int or float, Python or NumPy), or an array of
+            shape () or (1,) and a numeric dtype. bool, str, None and other objects raise
+            ``DomainError`` (see :func:`to_magnitude`); NaN/±inf are admitted and rejected by
+            the core as events.
+        timestamp_utc: timezone-aware datetime, or integer UTC nanoseconds (a naive datetime,
+            a float, a bool or anything else raises ``TimestampError``).
         state_tag: optional label carried through (e.g. the asset id).
         dispersion_proxy: optional externally supplied dispersion (informational).
     """
 
-    magnitude: Any
-    timestamp_utc: _dt.datetime | int
+    magnitude: Any = attrs.field(validator=lambda _self, _attr, value: to_magnitude(value))
+    timestamp_utc: _dt.datetime | int = attrs.field(validator=lambda _self, _attr, value: to_timestamp_ns(value))
     state_tag: str | None = None
     dispersion_proxy: Any = None
 
@@ -76,17 +101,143 @@ class ProcessState:
         return math.isfinite(value) and abs(value - center) <= sigma_bound * sigma_val
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _is_sequence(obj: Any) -> bool:
+    return isinstance(obj, Sequence) and not isinstance(obj, (str, bytes))
+
+
+def batch_values(values: Any) -> np.ndarray:
+    """``values`` of a :class:`ColumnarBatch` as float64[N].
+
+    A 1-D array (NumPy, JAX) of an integer or floating dtype, or a sequence of real numbers
+    checked one by one (so a ``True`` in a list of floats is refused, not read as 1.0).
+
+    Raises:
+        DomainError: a bool, str, complex or object dtype, a non-number in a sequence (naming its
+            row), or not one-dimensional.
+    """
+    if _is_sequence(values):
+        out = np.empty(len(values), dtype=np.float64)
+        for row, value in enumerate(values):
+            if not _real_kind(value):
+                raise DomainError(f"columnar batch value at row {row} must be a real number, got "
+                                  f"{type(value).__name__} ({value!r:.40})")
+            out[row] = to_magnitude(value)
+        return out
+    if not hasattr(values, "__array__") or isinstance(values, (str, bytes, np.generic)):
+        raise DomainError(f"columnar batch values must be a 1-D array or a sequence of numbers, got "
+                          f"{type(values).__name__}")
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf":
+        raise DomainError(f"columnar batch values must be real numbers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise DomainError(f"columnar batch values must be one-dimensional, got shape {array.shape}")
+    return array.astype(np.float64)
+
+
+def batch_timestamps(timestamps: Any) -> np.ndarray:
+    """``timestamps_ns`` of a :class:`ColumnarBatch` as int64[N] UTC nanoseconds.
+
+    A 1-D array of an integer dtype, or a sequence (or object array) of integers and timezone-aware
+    datetimes checked one by one (as :func:`to_timestamp_ns`); every value in (−2⁶³, 2⁶³): −2⁶³ is
+    the core's "untimed" marker.
+
+    Raises:
+        TimestampError: naming the first offending row: a float (NaN, or any float array: float64
+            holds integers exactly only up to 2⁵³ ns, about 104 days after 1970), a naive datetime
+            or ``datetime64``, a bool, a str, None, or a value outside int64.
+        DomainError: not one-dimensional.
+    """
+    if _is_sequence(timestamps):
+        out = np.empty(len(timestamps), dtype=np.int64)
+        for row, stamp in enumerate(timestamps):
+            try:
+                out[row] = to_timestamp_ns(stamp)
+            except TimestampError as exc:
+                raise TimestampError(f"timestamp at row {row}: {exc}") from None
+        return out
+    if not hasattr(timestamps, "__array__") or isinstance(timestamps, (str, bytes, np.generic)):
+        raise TimestampError(f"columnar batch timestamps must be a 1-D integer array or a sequence, got "
+                             f"{type(timestamps).__name__}")
+    array = np.asarray(timestamps)
+    if array.ndim != 1:
+        raise DomainError(f"columnar batch timestamps must be one-dimensional, got shape {array.shape}")
+    if array.dtype.kind == "O":
+        return batch_timestamps(list(array))
+    if array.size == 0 and array.dtype.kind in "iuf":
+        return np.zeros(0, dtype=np.int64)
+    if array.dtype.kind in "iu":
+        bad = np.flatnonzero(array > np.uint64(_INT64_MAX) if array.dtype.kind == "u" else array == -_INT64_MAX - 1)
+        if bad.size:
+            raise TimestampError(f"timestamp at row {bad[0]} ({array[bad[0]]} ns) does not fit in int64 "
+                                 f"(-2**63 is reserved for untimed ticks)")
+        return array.astype(np.int64)
+    if array.dtype.kind == "f":
+        nonfinite = np.flatnonzero(~np.isfinite(array))
+        row = int(nonfinite[0]) if nonfinite.size else 0
+        detail = ("a float; float64 holds integer nanoseconds exactly only up to 2**53 (about 104 days after "
+                  "1970): pass an integer array")
+    elif array.dtype.kind == "M":
+        row, detail = 0, "a naive datetime64; pass integer UTC nanoseconds (datetime64[ns] viewed as int64)"
+    else:
+        row, detail = 0, f"of dtype {array.dtype}, not integer nanoseconds"
+    shown = repr(array[row]) if array.size else "empty array"
+    raise TimestampError(f"timestamp at row {row} ({shown}) is {detail}")
+
+
+def history_values(history: Any) -> np.ndarray:
+    """Past values for ``fit_history`` as a float64 array (any shape; the caller checks it).
+
+    An array of an integer or floating dtype, or (nested) sequences of real numbers.
+
+    Raises:
+        DomainError: a bool, str, None or other non-number (naming its flat index), or a dtype
+            other than integer or floating.
+    """
+    if _is_sequence(history):
+        array = np.asarray(history, dtype=object)
+        for index, value in enumerate(array.ravel()):
+            if not _real_kind(value):
+                raise DomainError(f"history value at index {index} must be a real number, got "
+                                  f"{type(value).__name__} ({value!r:.40})")
+        try:
+            return array.astype(np.float64)
+        except OverflowError as exc:
+            raise DomainError("history holds an integer beyond float64") from exc
+    if not hasattr(history, "__array__") or isinstance(history, (str, bytes)):
+        raise DomainError(f"history must be an array or a sequence of numbers, got {type(history).__name__}")
+    array = np.asarray(history)
+    if array.dtype.kind not in "iuf":
+        raise DomainError(f"history must hold real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
 @attrs.frozen
 class ColumnarBatch:
-    """Observations of many assets at once: float64[N] values and int64[N] UTC nanoseconds."""
+    """Observations of many assets at once: float64[N] values and int64[N] UTC nanoseconds.
 
-    values: np.ndarray = attrs.field(converter=lambda v: np.asarray(v, dtype=np.float64))
-    timestamps_ns: np.ndarray = attrs.field(converter=lambda v: np.asarray(v, dtype=np.int64))
+    Attributes:
+        values: float64[N]: a 1-D array of an integer or floating dtype, or a sequence of real
+            numbers (``batch_values``; bool, str, None → ``DomainError``). NaN/±inf are admitted
+            and rejected by the core per asset, as events.
+        timestamps_ns: int64[N]: a 1-D integer array, or a sequence of integers and aware
+            datetimes (``batch_timestamps``; floats, NaN, naive datetimes → ``TimestampError``
+            naming the row).
+
+    Raises:
+        DomainError: bad values, or values and timestamps of different lengths.
+        TimestampError: a bad timestamp (the message names its row).
+    """
+
+    values: np.ndarray = attrs.field(converter=batch_values)
+    timestamps_ns: np.ndarray = attrs.field(converter=batch_timestamps)
 
     def __attrs_post_init__(self) -> None:
-        if self.values.ndim != 1 or self.values.shape != self.timestamps_ns.shape:
-            raise DomainError(f"columnar batch needs 1-D values and timestamps of one length, got "
-                              f"{self.values.shape} and {self.timestamps_ns.shape}")
+        if self.values.shape != self.timestamps_ns.shape:
+            raise DomainError(f"columnar batch needs values and timestamps of one length, got "
+                              f"{self.values.shape[0]} values and {self.timestamps_ns.shape[0]} timestamps")
 
 
 class OperatingMode:
@@ -126,6 +277,10 @@ class OutlierRejectedEvent(Event):
 
 class NonFiniteRejectedEvent(Event):
     """DomainError: the value was NaN or infinite; the tick was ignored."""
+
+
+class MagnitudeRejectedEvent(Event):
+    """DomainError: the value was finite but |y| > 1e100 (MAGNITUDE_LIMIT); the tick was ignored."""
 
 
 class OutOfOrderRejectedEvent(Event):
@@ -197,6 +352,7 @@ EVENT_TYPES: dict[EventCode, type[Event]] = {
     EventCode.LOW_EPSILON: LowEpsilonEvent,
     EventCode.TOPOLOGICAL_BRANCH_FROZEN: FreezingTopologicalBranchEvent,
     EventCode.TOPOLOGICAL_BRANCH_RELEASED: TopologicalBranchReleasedEvent,
+    EventCode.REJECTED_MAGNITUDE: MagnitudeRejectedEvent,
 }
 
 

@@ -19,10 +19,10 @@ tick, taken or not. Only the ``lax.scan`` of ``fit_history`` uses one (``sia_rea
 An asset adopts a reading only on its own refresh ticks, so the numbers do not depend on batching,
 and only a valid one taken while the branch is not held (sampling too coarse, frozen signal).
 
-A tick that is rejected (non-finite value, catastrophic outlier, out-of-order timestamp)
-returns the previous state *bit-identically* and the last valid output with the rejection
-bits set. ``timestamp_ns == UNTIMED`` (the smallest int64) marks an untimed tick (history
-replay): no staleness, Nyquist or ordering checks.
+A tick that is rejected (non-finite value, finite value beyond ``MAGNITUDE_LIMIT``, catastrophic
+outlier, out-of-order timestamp) returns the previous state *bit-identically* and the last valid
+output with the rejection bits set. ``timestamp_ns == UNTIMED`` (the smallest int64) marks an
+untimed tick (history replay): no staleness, Nyquist or ordering checks.
 """
 
 from __future__ import annotations
@@ -192,6 +192,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
 
         # 1. host checks (as data) ------------------------------------------------------------
         finite = admissible(y)
+        too_large = jnp.isfinite(y) & ~finite  # finite, but beyond MAGNITUDE_LIMIT
         y_safe = jnp.where(finite, y, state.window[-1])
         residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
         warm = state.monitor.n_resid >= buffer
@@ -366,7 +367,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             interval_log_scale=interval_log_scale, key=state.key, kernels=tuple(kernel_states),
             last_output=output)
 
-        reject_bits = (jnp.where(~finite, int(EventCode.REJECTED_NON_FINITE), 0)
+        reject_bits = (jnp.where(~jnp.isfinite(y), int(EventCode.REJECTED_NON_FINITE), 0)
+                       | jnp.where(too_large, int(EventCode.REJECTED_MAGNITUDE), 0)
                        | jnp.where(outlier, int(EventCode.REJECTED_OUTLIER), 0)
                        | jnp.where(out_of_order, int(EventCode.REJECTED_OUT_OF_ORDER), 0))
         rejected_output = state.last_output.at[Out.EVENTS].set(reject_bits.astype(jnp.float64))

@@ -1,6 +1,6 @@
 """Event codes: bits the jitted core sets in the tick's status word (diffrax-style RESULTS).
 
-The host layer turns each set bit into an event record (``usp.application.events``).
+The host layer turns each set bit into an event record (``usp.application.types.decode_events``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import enum
 class EventCode(enum.IntFlag):
     """One bit per event a tick can raise."""
 
-    REJECTED_NON_FINITE = 1 << 0       #: value NaN/±inf or |y| > 1e100: tick rejected, state untouched
+    REJECTED_NON_FINITE = 1 << 0       #: value NaN or ±inf: tick rejected, state untouched
     REJECTED_OUTLIER = 1 << 1          #: |y − ŷ| > sigma_bound·σ: tick rejected (DomainError)
     REJECTED_OUT_OF_ORDER = 1 << 2     #: timestamp earlier than the previous tick's: rejected
     STALE_DATA = 1 << 3                #: now − timestamp > TTL: weights frozen, degraded mode
@@ -26,7 +26,9 @@ class EventCode(enum.IntFlag):
     LOW_EPSILON = 1 << 12              #: ε_t < 1e-4: Sinkhorn is ill-conditioned
     TOPOLOGICAL_BRANCH_FROZEN = 1 << 13    #: a quarter of recent gaps too coarse for the finest WTMM scale
     TOPOLOGICAL_BRANCH_RELEASED = 1 << 14  #: sampling dense again: the roughness reading resumes
+    REJECTED_MAGNITUDE = 1 << 15       #: finite but |y| > MAGNITUDE_LIMIT (1e100): tick rejected, state untouched
 
     @classmethod
     def rejected(cls) -> EventCode:
-        return cls.REJECTED_NON_FINITE | cls.REJECTED_OUTLIER | cls.REJECTED_OUT_OF_ORDER
+        """The bits of a rejected tick (the state is returned untouched)."""
+        return cls.REJECTED_NON_FINITE | cls.REJECTED_MAGNITUDE | cls.REJECTED_OUTLIER | cls.REJECTED_OUT_OF_ORDER

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-#: Variance floor (in squared signal units) that keeps standardisation finite.
+#: Variance floor (squared signal units) that only keeps standardisation off 0/0. It is far below
+#: the variance of any series the core admits at float64 resolution (a series near 1e-140 has
+#: variances near 1e-280), so every scale in the core comes from the data: σ², σ̄², the kernels'
+#: scales and the interval are relative to the series' own scale (tests/test_scale_invariance.py).
 VARIANCE_FLOOR = 1e-300
 #: Largest admissible |value|: beyond it squares of sums could overflow float64, so the core
-#: rejects such ticks like non-finite ones (a DomainError event).
+#: rejects such ticks, state untouched, with their own event (``EventCode.REJECTED_MAGNITUDE``).
 MAGNITUDE_LIMIT = 1e100
 #: Kurtosis is clamped to this range before it enters the CUSUM threshold (documented in
 #: docs/model.md): 1.5 keeps 1 + ln(κ/3) > 0.3, 1e4 bounds the factor by ≈ 9.1.

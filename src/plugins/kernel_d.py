@@ -23,14 +23,17 @@ Per tick (``update``), on the window of the signal:
    no retraining: each depth reads the best readout of its own features from the same state.
 5. **Forecast.** ``mean = y_t + s_t · clip(⟨w, φ_t⟩, ±PREDICTION_CLIP)`` with ``s_t`` the RMS
    increment; ``scale`` is the square root of an EMA (weight ``volatility_alpha``) of the kernel's
-   own squared one-step errors (seeded with the window's mean squared increment).
+   own squared one-step errors (seeded with the window's mean squared increment), floored at
+   ``SCALE_FLOOR_RELATIVE`` × the window's largest magnitude: relative to the series, so a series
+   scaled by 1e-15 gets the same intervals scaled by 1e-15 (an absolute floor of 1e-12 made them
+   up to 580× too wide there); ``_TINY`` (absolute) only keeps an all-zero window off 0/0.
 
 While ``window.signal_frozen`` the state is returned untouched, so the forecast stays at its last
 value. ``predict`` reads the forecast that ``update`` prepared for the same window (before any
 update it falls back to the last value and the window's RMS increment).
 
 Module constants (candidates for ``[kernels]`` keys): ``LOOKBACKS``, ``FORGETTING``, ``RIDGE``,
-``INCREMENT_CLIP``, ``PREDICTION_CLIP``.
+``INCREMENT_CLIP``, ``PREDICTION_CLIP``, ``SCALE_FLOOR_RELATIVE``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ WARMUP_PER_FEATURE = 2
 INCREMENT_CLIP = 5.0
 PREDICTION_CLIP = 4.0
 MAX_DEPTH = 5
+#: Smallest forecast scale, relative to the window's largest |value| (≈ 4500 ulp of float64).
+SCALE_FLOOR_RELATIVE = 1e-12
 _TINY = 1e-300
 _BIG = float(jnp.finfo(jnp.float64).max)
 
@@ -191,8 +196,11 @@ def update(state: KernelDState, window: Window, config: PredictorConfig) -> Kern
     return jax.tree_util.tree_map(lambda old, fresh: jnp.where(frozen, old, fresh), state, new)
 
 
-def _scale_floor(level: jax.Array) -> jax.Array:
-    return jnp.maximum(1e-12 * jnp.abs(level), 1e-12)
+def _scale_floor(values: jax.Array, mean: jax.Array) -> jax.Array:
+    """Smallest scale (signal units): ``SCALE_FLOOR_RELATIVE`` × the largest of |window| and
+    |mean|, so it follows the series' own scale; ``_TINY`` only for an all-zero window."""
+    magnitude = jnp.maximum(jnp.max(jnp.abs(values)), jnp.abs(mean))
+    return jnp.maximum(SCALE_FLOOR_RELATIVE * magnitude, _TINY)
 
 
 def predict(state: KernelDState, window: Window, config: PredictorConfig) -> KernelForecast:
@@ -202,7 +210,7 @@ def predict(state: KernelDState, window: Window, config: PredictorConfig) -> Ker
     started = state.steps > 0
     mean = jnp.where(started, state.mean, y)
     var = jnp.where(started, state.error_var, 0.0)
-    scale = jnp.maximum(jnp.sqrt(var), _scale_floor(mean))
+    scale = jnp.maximum(jnp.sqrt(var), _scale_floor(window.values, mean))
     return KernelForecast(mean=mean, scale=scale)
 
 
