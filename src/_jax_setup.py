@@ -3,15 +3,18 @@
 x64 is on by default (the core is float64 throughout); a persistent compilation cache is used
 when ``JAX_COMPILATION_CACHE_DIR`` is set (``make`` sets it to ``.jax_cache``), or, for the
 command line, under ``$XDG_CACHE_HOME/usp/jax`` (``~/.cache/usp/jax``). A cache directory that
-cannot be created or written leaves the cache off (importing USP logs one warning; the command
-line prints one) and never stops a run. GPU memory settings of spec §5 are applied as
+cannot be created or written leaves the cache off and never stops a run: importing USP logs one
+warning (logger ``usp``), except in the ``usp`` command, which prints it as one ``usp: warning:``
+line instead (:func:`take_cache_problem`). GPU memory settings of spec §5 are applied as
 environment defaults before JAX is imported, without overriding what the user set.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 import tempfile
 
 for _name, _value in (("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.7"),
@@ -63,13 +66,53 @@ def check_backend() -> str:
     try:
         return jax.default_backend()
     except RuntimeError as exc:
-        platforms = jax.config.jax_platforms
+        platforms = jax.config.values.get("jax_platforms")
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"JAX cannot start a backend for JAX_PLATFORMS={platforms!r}: {reason} (unset "
                           "JAX_PLATFORMS, or set it to 'cpu')") from exc
 
 
+def _started_as_command_line() -> bool:
+    """Whether this process is being started as the ``usp`` command: ``python -m usp.cli`` (while
+    the module is located, ``sys.argv[0]`` is ``"-m"``) or the ``usp`` console script."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    if sys.argv[:1] == ["-m"]:
+        for index, arg in enumerate(argv):
+            if arg == "-m" or (arg.startswith("-m") and len(arg) > 2):
+                module = arg[2:] or (argv[index + 1] if index + 1 < len(argv) else "")
+                return module == "usp.cli"
+        return False
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) in ("usp", "usp.exe", "usp-script.py")
+
+
+#: The import-time problem with ``JAX_COMPILATION_CACHE_DIR`` that the command line reports.
+_cache_problem: OSError | None = None
+
+
+def take_cache_problem() -> OSError | None:
+    """The problem that turned ``$JAX_COMPILATION_CACHE_DIR`` off when USP was imported, left for
+    the ``usp`` command to report (once: later calls return None); None when there was none or
+    it was logged (USP imported by another program)."""
+    global _cache_problem
+    problem, _cache_problem = _cache_problem, None
+    return problem
+
+
+def _log_cache_problem(error: OSError) -> None:
+    logger.warning("JAX compilation cache off: JAX_COMPILATION_CACHE_DIR=%s: %s", error.filename, error.strerror)
+
+
+def _log_untaken_cache_problem() -> None:  # (a program named "usp" that is not the command)
+    problem = take_cache_problem()
+    if problem is not None:
+        _log_cache_problem(problem)
+
+
 try:
     enable_compilation_cache()
 except OSError as _error:
-    logger.warning("JAX compilation cache off: JAX_COMPILATION_CACHE_DIR=%s: %s", _error.filename, _error.strerror)
+    if _started_as_command_line():
+        _cache_problem = _error
+        atexit.register(_log_untaken_cache_problem)
+    else:
+        _log_cache_problem(_error)

@@ -236,4 +236,14 @@ def test_an_unusable_cache_directory_is_a_warning_and_the_run_goes_on(tmp_path):
                            "between runs)"]
     checked = _cli("config", "check", str(ROOT / "config.toml"), env={"JAX_COMPILATION_CACHE_DIR": str(data)})
     assert checked.returncode == 0
-    assert checked.stderr == f"JAX compilation cache off: JAX_COMPILATION_CACHE_DIR={data}: File exists\n"
+    assert checked.stderr == (f"usp: warning: the compilation cache is off: JAX_COMPILATION_CACHE_DIR={data}: File "
+                              "exists (set it to a writable directory, or unset it)\n")
+    imported = subprocess.run([sys.executable, "-c", "import usp"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(data)})
+    assert imported.returncode == 0  # another program importing USP: the library's own warning, logged
+    assert imported.stderr == f"JAX compilation cache off: JAX_COMPILATION_CACHE_DIR={data}: File exists\n"
+    script = Path(sys.executable).parent / "usp"  # the console script is the command line too
+    if script.is_file():
+        scripted = subprocess.run([str(script), "config", "check", str(ROOT / "config.toml")], capture_output=True,
+                                  text=True, timeout=300, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(data)})
+        assert scripted.returncode == 0 and scripted.stderr == checked.stderr

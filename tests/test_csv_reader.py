@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import math
+import re
 import string
 
 import pytest
@@ -61,6 +63,37 @@ def test_bad_rows_are_errors_naming_file_and_line(tmp_path, content, error, mess
         _read(data)
 
 
+@pytest.mark.parametrize(("cell", "expected"), [
+    ("2024-01-01T00:00:00.000000999Z", 1_704_067_200_000_000_999),    # used to read as ...000000000
+    ("2024-01-01T00:00:00.123456789+05:00", 1_704_049_200_123_456_789),
+    ("2024-01-01 00:00:00,5-01:00", 1_704_070_800_500_000_000),       # a comma (quoted), a space, one digit
+    ("20240101T000000.0000001Z", 1_704_067_200_000_000_100),           # basic format, 7 digits
+    ("2024-01-01T00:00:00Z", 1_704_067_200_000_000_000),
+    ("2024-01-01T00:00:00+05:00:00.5", 1_704_049_199_500_000_000),     # an offset with a fraction
+    ("1677-09-21T00:12:43.145224193Z", -(2**63) + 1),                  # the ends of int64 nanoseconds
+    ("2262-04-11T23:47:16.854775807Z", 2**63 - 1),
+])
+def test_iso_fractions_of_a_second_are_read_to_the_nanosecond(tmp_path, cell, expected):
+    data = tmp_path / "v.csv"
+    quoted = f'"{cell}"' if "," in cell else cell
+    data.write_text(f"timestamp,value\n{quoted},1.5\n")
+    assert _read(data)[0] == [(expected, 1.5)]
+
+
+@pytest.mark.parametrize(("cell", "message"), [
+    ("2024-01-01T00:00:00.0000000001Z", "has 10 digits after the seconds; at most 9"),
+    ("2024-01-01T00:00:00.123456789123+00:00", "has 12 digits after the seconds; at most 9"),
+    ("2024-01-01T00:00:00+05:00:00.1234567", "UTC offset has a fraction of a second finer than a microsecond"),
+    ("1677-09-21T00:12:43.145224192Z", "outside int64 nanoseconds"),
+    ("2262-04-11T23:47:16.854775808Z", "outside int64 nanoseconds"),
+])
+def test_iso_fractions_that_cannot_be_read_exactly_are_errors_naming_the_line(tmp_path, cell, message):
+    data = tmp_path / "v.csv"
+    data.write_text(f"timestamp,value\n2024-01-01T00:00:00Z,1.0\n{cell},1.5\n")
+    with pytest.raises(TimestampError, match=rf"v\.csv, line 3: timestamp '{re.escape(cell)}'.*{message}"):
+        _read(data)
+
+
 def test_other_encodings_are_errors_naming_the_file(tmp_path):
     data = tmp_path / "latin.csv"
     data.write_bytes("valeur\n1.5\n2.5 °C\n".encode("latin-1"))
@@ -82,8 +115,41 @@ def test_spacing_beyond_int64_names_the_key(tmp_path):
 
 # --- property: random content never gives a traceback, and never loses a readable row -----------
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_OFFSETS = st.sampled_from(["Z", "+00:00", "+05:30", "-11:00", "+14:00", "-0930"])
+
+
+def _offset(text: str) -> dt.timedelta:
+    if text == "Z":
+        return dt.timedelta(0)
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    return sign * dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+
+
+@st.composite
+def iso_cells(draw) -> str:
+    """An ISO 8601 timestamp with a timezone and a fraction of 0 to 12 digits, near int64's range."""
+    moment = draw(st.datetimes(dt.datetime(1677, 9, 20), dt.datetime(2262, 4, 13)))
+    size = draw(st.sampled_from([0, 1, 3, 6, 7, 8, 9, 9, 9, 10, 12]))  # mostly up to 9 digits, the ones read
+    digits = draw(st.text("0123456789", min_size=size, max_size=size))
+    return f"{moment:%Y-%m-%dT%H:%M:%S}" + (f".{digits}" if digits else "") + draw(_OFFSETS)
+
+
+def _iso_oracle(cell: str) -> int | None:
+    """What a cell drawn by ``iso_cells`` must read as: UTC ns, or None when it must be refused."""
+    text = cell.strip().strip(BOM).strip()
+    found = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)", text)
+    assert found is not None, cell
+    whole = dt.datetime.strptime(found[1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC) - _offset(found[3])
+    digits = found[2] or ""
+    stamp = (whole - _EPOCH) // dt.timedelta(seconds=1) * 10**9 + int(digits.ljust(9, "0") or 0)
+    return stamp if len(digits) <= 9 and -(2**63) < stamp < 2**63 else None
+
+
 _CELLS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    iso_cells(),
     st.integers(-(10**20), 10**20).map(str),
     st.sampled_from(["value", "timestamp", "1O0.5", "nan", "-inf", " 7 ", "", "1e400", "²", "1_0", BOM + "3.5",
                      "2026-01-02T09:30:00Z", "2026-01-02T09:30:00", "2026-01-02T09:30:00+05:00", "0x10",
@@ -95,10 +161,14 @@ _ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252
 
 @st.composite
 def csv_files(draw) -> bytes:
-    """A file's bytes: rows of 1–3 random cells in a random encoding, maybe with stray bytes."""
+    """A file's bytes: rows of 1–3 random cells (or of ISO timestamps and values) in a random encoding,
+    maybe with stray bytes."""
     width = draw(st.integers(1, 2))
-    rows = draw(st.lists(st.lists(_CELLS, min_size=width, max_size=width + draw(st.sampled_from([0, 0, 1]))),
-                         max_size=12))
+    if width == 2 and draw(st.booleans()):  # a timestamped file, mostly readable: ISO times and values
+        rows = draw(st.lists(st.tuples(iso_cells(), st.floats(-1e6, 1e6).map(repr)), max_size=12))
+    else:
+        rows = draw(st.lists(st.lists(_CELLS, min_size=width, max_size=width + draw(st.sampled_from([0, 0, 1]))),
+                             max_size=12))
     newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
     text = (BOM if draw(st.booleans()) else "") + newline.join(",".join(row) for row in rows) + newline
     data = text.encode(draw(_ENCODINGS), errors="replace")
@@ -116,6 +186,9 @@ def _nonblank_rows(data: bytes) -> list[list[str]] | None:
         return None
     rows = csv.reader(io.StringIO(text, newline=""))
     return [row for row in rows if any(c.strip().strip(BOM).strip() for c in row)]
+
+
+_ISO_CELL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)")
 
 
 def _same(a: float, b: float) -> bool:
@@ -141,8 +214,10 @@ def test_random_content_never_tracebacks_and_never_loses_a_row_silently(tmp_path
     assert len(rows) + len(headers) == len(expected)  # every row is an observation or the reported header
     assert len(headers) <= 1 and all(h.line >= 1 for h in headers)
     data_rows = expected[len(headers):]
-    for (_, value), row in zip(rows, data_rows, strict=True):
+    for (stamp, value), row in zip(rows, data_rows, strict=True):
         assert _same(value, float(row[-1].strip().strip(BOM).strip()))
+        if len(row) == 2 and _ISO_CELL.fullmatch(row[0].strip().strip(BOM).strip()):
+            assert stamp == _iso_oracle(row[0])  # exactly, to the nanosecond (None: it had to be refused)
     if headers:  # a header is never a number
         assert all(_not_a_number(cell) for cell in headers[0].cells[-1:])
 

@@ -8,6 +8,8 @@ versions are ordered as it saved them, so the newest is some writer's last save.
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -17,8 +19,15 @@ import pytest
 import redis
 from usp import PredictorConfig, ProcessState, UniversalPredictor
 from usp.adapters.clocks import ReplayClock
-from usp.adapters.stores import FileStore, MemoryStore, RedisStore, S3Store
-from usp.ports.state_store import DIGEST_HEX_LEN, SnapshotWriteError, StateStore, seal, verify_blob
+from usp.adapters.stores import FileStore, MemoryStore, RedisStore, S3Store, _file
+from usp.ports.state_store import (
+    DIGEST_HEX_LEN,
+    SnapshotWriteError,
+    SnapshotWriteFailedEvent,
+    StateStore,
+    seal,
+    verify_blob,
+)
 
 from .services import redis_url, s3_client, s3_endpoint
 
@@ -141,6 +150,29 @@ def test_retention_under_concurrent_writers_keeps_the_newest(stores):
     assert identity(store.load("k"))[1] == 29
     store.save("k", payload(9, 0))  # one writer alone: retention is exact again
     assert versions(store, "k") == [*stored, payload(9, 0)][-keep:]
+
+
+def test_a_file_save_that_finds_every_version_taken_reports_the_conflict(tmp_path, monkeypatch):
+    """Other writers claiming ``CLAIM_ATTEMPTS`` numbers in a row: the save raises (EEXIST), typed and
+    reported, stores nothing, and leaves no temporary file."""
+    events: list[object] = []
+    store = FileStore(tmp_path, on_event=events.append)
+    store.save("k", payload(0, 0))
+    claimed: list[str] = []
+
+    def taken(source, target, *args, **kwargs):  # another writer links every number first
+        claimed.append(os.path.basename(target))
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+
+    monkeypatch.setattr(_file.os, "link", taken)
+    with pytest.raises(SnapshotWriteError, match="version numbers in a row were claimed") as raised:
+        store.save("k", payload(1, 0))
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EEXIST
+    assert len(claimed) == _file.CLAIM_ATTEMPTS and set(claimed) == {"000000000002.snap"}  # listed afresh each time
+    assert sorted(os.listdir(tmp_path / "k")) == ["000000000001.snap"]  # nothing stored, no temporary file left
+    assert store.load("k") == payload(0, 0)
+    assert [(type(e), e.errno) for e in events] == [(SnapshotWriteFailedEvent, errno.EEXIST)]
 
 
 # -- through the predictor API ----------------------------------------------------------------------

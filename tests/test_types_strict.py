@@ -36,6 +36,14 @@ MS = 1_000_000
 N = 3
 AWARE = dt.datetime(2027, 1, 15, 8, 0, tzinfo=dt.UTC)
 AWARE_NS = 1_800_000_000 * 10**9
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: UTC offsets of the datetimes drawn: the widest (±23:59), half hours, and UTC itself.
+ZONES = st.sampled_from([dt.UTC] + [dt.timezone(dt.timedelta(minutes=m)) for m in (180, -690, 840, 1439, -1439)])
+#: Aware datetimes over the whole datetime range (years 1 to 9999), and close to int64's ends.
+aware_datetimes = st.one_of(
+    st.datetimes(timezones=ZONES),
+    st.datetimes(dt.datetime(1677, 9, 20), dt.datetime(1677, 9, 23), timezones=ZONES),
+    st.datetimes(dt.datetime(2262, 4, 10), dt.datetime(2262, 4, 13), timezones=ZONES))
 
 NOT_A_MAGNITUDE = [True, False, np.bool_(True), np.array(True), np.array([False]), "101.5", b"1", None, 1 + 2j,
                    np.complex128(1.0), np.array(["1.0"]), [None], object(), 10**400]
@@ -111,6 +119,46 @@ def test_columnar_timestamps_must_be_integer_ns_or_aware_datetimes(stamps, row):
         ColumnarBatch(np.zeros(3), stamps)
 
 
+@settings(max_examples=300, deadline=None)
+@given(stamp=st.one_of(aware_datetimes, st.datetimes()))
+def test_process_state_times_are_refused_or_exact_over_the_whole_datetime_range(stamp):
+    expected = None if stamp.tzinfo is None else _datetime_ns(stamp)
+    if expected is None:  # naive, or outside int64 nanoseconds (about 1678 to 2262)
+        with pytest.raises(TimestampError):
+            ProcessState(1.0, stamp)
+        with pytest.raises(TimestampError, match=r"row 1\b"):
+            ColumnarBatch([1.0, 2.0], [T0, stamp])
+        return
+    assert ProcessState(1.0, stamp).timestamp_ns == expected
+    assert ColumnarBatch([1.0, 2.0], [T0, stamp]).timestamps_ns.tolist() == [T0, expected]
+
+
+def test_a_refused_timestamp_never_reaches_the_clock():
+    clock = ReplayClock()
+    predictor = UniversalPredictor(SMALL, clock=clock)
+    predictor.step(ProcessState(1.0, T0))
+    for bad in (dt.datetime(9999, 1, 1, tzinfo=dt.UTC), dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+                dt.datetime(2262, 4, 12, tzinfo=dt.timezone(dt.timedelta(hours=-5)))):
+        with pytest.raises(TimestampError, match="outside int64 nanoseconds"):
+            ProcessState(1.0, bad)
+        with pytest.raises(TimestampError, match=r"row 1\b.*outside int64 nanoseconds"):
+            ColumnarBatch([1.0, 2.0], [T0, bad])
+        checked = ProcessState(1.0, T0)
+        object.__setattr__(checked, "timestamp_utc", bad)  # changed after its check: checked again, first
+        with pytest.raises(TimestampError, match="outside int64 nanoseconds"):
+            predictor.step(checked)
+    assert clock.now_ns() == T0
+    count = int(predictor.state.count)
+    output, _ = predictor.step_raw(ProcessState(2.0, T0 + MS))  # later valid ticks are not poisoned
+    assert int(output[Out.EVENTS]) & int(EventCode.rejected()) == 0
+    assert int(predictor.state.count) == count + 1 and clock.now_ns() == T0 + MS
+    batch = ColumnarBatch([1.0], [T0])
+    with pytest.raises(ValueError, match="read-only"):  # a checked batch cannot be changed afterwards
+        batch.timestamps_ns[0] = -(2**63)
+    with pytest.raises(ValueError, match="read-only"):
+        batch.values[0] = True
+
+
 def test_columnar_timestamps_accept_integer_arrays_and_aware_datetimes():
     for stamps in (np.full(3, T0), np.full(3, T0, dtype=np.uint64), [T0, np.int64(T0), AWARE],
                    np.array([T0, T0, AWARE], dtype=object)):
@@ -163,12 +211,18 @@ def _expected_value(value) -> float:
     return float(value)
 
 
+def _datetime_ns(stamp: dt.datetime) -> int | None:
+    """An aware datetime's UTC nanoseconds when they fit the core's int64 (−2⁶³ excluded), else None."""
+    nanoseconds = (stamp - EPOCH) // dt.timedelta(microseconds=1) * 1000
+    return nanoseconds if -(2**63) < nanoseconds < 2**63 else None
+
+
 def _expected_stamp(stamp, row: int) -> int:
     if isinstance(stamp, dt.datetime):
-        if stamp.tzinfo is None:
+        nanoseconds = None if stamp.tzinfo is None else _datetime_ns(stamp)
+        if nanoseconds is None:
             raise _Bad(TimestampError, row)
-        assert stamp == AWARE  # the strategy draws only this instant (in two time zones)
-        return AWARE_NS
+        return nanoseconds
     integer = isinstance(stamp, (int, np.integer)) and not isinstance(stamp, (bool, np.bool_))
     if integer and -(2**63) < int(stamp) < 2**63:
         return int(stamp)
@@ -206,8 +260,12 @@ value_columns = st.one_of(
 stamp_items = st.one_of(
     st.integers(T0 - 10**12, T0 + 10**12), st.integers(-(2**63) + 1, 2**63 - 1), st.sampled_from([2**63, -(2**63)]),
     st.floats(allow_nan=True), st.just(float(T0)), st.booleans(), st.none(),
-    st.sampled_from([AWARE, AWARE.replace(tzinfo=None), AWARE.astimezone(dt.timezone(dt.timedelta(hours=3)))]))
-valid_stamps = st.lists(st.one_of(st.integers(T0 - 10**12, T0 + 10**12), st.just(AWARE)), min_size=N, max_size=N)
+    st.sampled_from([AWARE, AWARE.replace(tzinfo=None), AWARE.astimezone(dt.timezone(dt.timedelta(hours=3)))]),
+    aware_datetimes, st.datetimes())
+near_aware = st.datetimes(dt.datetime(2027, 1, 15, 7, 40), dt.datetime(2027, 1, 15, 8, 20), timezones=ZONES).map(
+    lambda stamp: stamp.replace(tzinfo=None).replace(tzinfo=dt.UTC).astimezone(stamp.tzinfo))
+valid_stamps = st.lists(st.one_of(st.integers(T0 - 10**12, T0 + 10**12), st.just(AWARE), near_aware),
+                        min_size=N, max_size=N)
 stamp_columns = st.one_of(
     st.lists(stamp_items, min_size=N - 1, max_size=N + 1), valid_stamps,
     st.lists(st.integers(T0 - 10**12, T0 + 10**12), min_size=N, max_size=N).map(np.asarray),

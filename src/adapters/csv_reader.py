@@ -40,6 +40,10 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 #: A one-column first row matching this is a mistyped number, never a header.
 _NUMBER_LIKE = re.compile(r"[+-]?\.?[0-9]", re.ASCII)
+#: The UTC offset that ends an ISO timestamp ("Z", "+05:00", "-0330", "+05:00:00.5"), and a
+#: fraction of a second ("." or "," and digits) at the end of the part before it.
+_ISO_OFFSET = re.compile(r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:[.,][0-9]*)?)?)?)\Z", re.ASCII)
+_FRACTION = re.compile(r"[.,]([0-9]*)\Z", re.ASCII)
 _BOM = "\ufeff"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
@@ -67,8 +71,12 @@ def parse_number(cell: str) -> float | None:
 def parse_timestamp_ns(cell: str) -> int | None:
     """UTC nanoseconds from integer nanoseconds or ISO 8601; None when the cell is neither.
 
-    Raises TimestampError for an ISO timestamp without a timezone, and for a time outside
-    int64 nanoseconds (about the years 1678 to 2262).
+    A fraction of a second is read exactly, to the nanosecond: up to 9 digits
+    (``2024-01-01T00:00:00.000000999Z`` is 999 ns after the second).
+
+    Raises TimestampError for an ISO timestamp without a timezone, with more than 9 digits in
+    its fraction of a second (or more than 6 in a UTC offset's), and for a time outside int64
+    nanoseconds (about the years 1678 to 2262).
     """
     text = _clean(cell)
     if _INTEGER.fullmatch(text):
@@ -80,14 +88,38 @@ def parse_timestamp_ns(cell: str) -> int | None:
             return None
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise TimestampError(f"timestamp {text!r} has no timezone (write e.g. {text}Z or {text}+00:00)")
+        fraction_ns = _fraction_ns(text, moment)
         try:
-            delta = moment - _EPOCH
+            delta = moment.replace(microsecond=0) - _EPOCH
         except OverflowError:
             delta = dt.timedelta.max
-        stamp = (delta.days * 86_400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
+        # (delta.microseconds: those of a UTC offset such as +05:00:00.5; the time's own are in fraction_ns)
+        stamp = (delta.days * 86_400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000 + fraction_ns
     if not TIMESTAMP_MIN_NS <= stamp <= TIMESTAMP_MAX_NS:
         raise TimestampError(f"timestamp {text!r} is outside int64 nanoseconds (about 1678 to 2262)")
     return stamp
+
+
+def _fraction_ns(text: str, moment: dt.datetime) -> int:
+    """The fraction of a second of the ISO timestamp ``text`` (which parses as ``moment``) in
+    nanoseconds: ``datetime`` keeps only microseconds, so the digits are read from the text."""
+    offset = _ISO_OFFSET.search(text)
+    clock, zone = (text, "") if offset is None else (text[:offset.start()], text[offset.start():])
+    if (zone_fraction := _FRACTION.search(zone)) and len(zone_fraction[1]) > 6:
+        raise TimestampError(f"timestamp {text!r}: its UTC offset has a fraction of a second finer than a "
+                             "microsecond")
+    fraction = _FRACTION.search(clock)
+    if fraction is None:
+        if moment.microsecond:  # a form this reading does not know: refused rather than rounded
+            raise TimestampError(f"timestamp {text!r}: cannot read its fraction of a second exactly")
+        return 0
+    digits = fraction[1]
+    if len(digits) > 9:
+        raise TimestampError(f"timestamp {text!r} has {len(digits)} digits after the seconds; at most 9 "
+                             "(nanoseconds) are read exactly")
+    if int(digits[:6].ljust(6, "0")) != moment.microsecond:  # (as above)
+        raise TimestampError(f"timestamp {text!r}: cannot read its fraction of a second exactly")
+    return int(digits.ljust(9, "0"))
 
 
 def read_observations(path: str | Path, sampling_interval_s: float, *,
