@@ -205,13 +205,3 @@ def test_depth_variants_share_one_state_shape_and_read_their_own_readout():
         used = kernel_d.n_features(depth)
         assert np.all(np.asarray(new.weights)[used:] == 0) and np.all(np.asarray(new.features)[used:] == 0)
         assert np.isfinite(float(forecast.mean))
-
-
-def test_fit_replays_the_history():
-    history = _stream(7, 300)
-    config = PredictorConfig(log_sig_depth=2)
-    fit = jax.jit(lambda s, h: KERNEL_D.fit(s, h, config))
-    fitted = fit(KERNEL_D.init(config, None), jnp.asarray(history))
-    assert int(fitted.steps) == len(history)
-    assert float(fitted.last_value) == history[-1]
-    assert float(fitted.gram[0, 0]) > 100  # the forgotten sample count (bias feature) has grown

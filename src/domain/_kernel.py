@@ -8,14 +8,23 @@ on ``self``). The orchestrator calls, once per accepted tick and in this order::
 
 Both functions must survive ``jax.jit`` and ``jax.vmap`` (no Python control flow on traced
 values, no host callbacks, fixed shapes) and must return finite numbers for finite windows.
-The optional ``fit(state, history, config)`` does heavier offline training on a 1-D history
-(called by ``fit_history`` before streaming).
+``usp.testing.check_kernel`` checks all of this for one kernel.
+
+**The ``fit`` contract.** ``fit_history(state, history)`` first streams the history through the
+core's ``lax.scan``, where every kernel's ``update`` sees each tick exactly as in live streaming.
+Then, for each kernel whose spec defines ``fit``, it calls ``fit(kernel_state, history, config)``
+once with the whole float64[T] history (per asset, under ``vmap``, for a batched state) and keeps
+the state ``fit`` returns. ``fit`` is for offline refinement that the online ``update`` cannot
+do (a grid search over a smoothing constant, a batch least-squares solve, ...). It must not
+replay ``update`` over the history — the scan already did, and the kernel would learn the
+history twice — and it must return a state of the same pytree structure, shapes and dtypes.
+It runs under ``jit`` (once per history length) and ``vmap``, so the same purity rules apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 import jax
@@ -24,7 +33,9 @@ import jax.numpy as jnp
 from ._config import PredictorConfig
 from ._pytree import pytree
 
-KernelState = Any  # any pytree of arrays
+#: A kernel's own state: any pytree of arrays with fixed shapes and dtypes (usually a ``@pytree``
+#: class). It must keep its structure, shapes and dtypes across ``update`` and ``fit``.
+KernelState: TypeAlias = Any
 
 
 @pytree
@@ -66,25 +77,40 @@ class KernelForecast:
     scale: jax.Array
 
 
+#: ``init(config, key) -> state``: a fresh (cold) state; ``key`` is a raw PRNG key (uint32[2]).
+InitFn: TypeAlias = Callable[[PredictorConfig, jax.Array], KernelState]
+#: ``update(state, window, config) -> state``: learn from ``window.values[-1]``.
+UpdateFn: TypeAlias = Callable[[KernelState, Window, PredictorConfig], KernelState]
+#: ``predict(state, window, config) -> KernelForecast``: forecast the next value.
+PredictFn: TypeAlias = Callable[[KernelState, Window, PredictorConfig], KernelForecast]
+#: ``fit(state, history, config) -> state``: offline refinement on float64[T] (the fit contract).
+FitFn: TypeAlias = Callable[[KernelState, jax.Array, PredictorConfig], KernelState]
+
+
 @attrs.frozen
 class KernelSpec:
     """A registered kernel: a name and its pure functions.
 
     Attributes:
-        name: unique registered name (``"A"``, ``"D"``, or a plugin's own).
+        name: unique registered name (``"A"``, ``"D"``, or a plugin's own); it is what
+            ``[kernels] enabled_kernels`` lists.
         init: ``(config, key) -> state``: a fresh state (cold start).
         update: ``(state, window, config) -> state``: learn from ``window.values[-1]``.
         predict: ``(state, window, config) -> KernelForecast``.
-        fit: optional ``(state, history, config) -> state``: offline training on float64[n].
+        fit: optional ``(state, history, config) -> state``. ``fit_history`` calls it once, with
+            the whole float64[T] history, *after* its scan has streamed that history through
+            ``update`` (per asset for a batched state), and keeps the state it returns. Offline
+            refinement only: it must not replay ``update`` over the history (the scan did) and
+            must return a state of the same structure, shapes and dtypes (module docstring).
         description: one line shown by ``usp kernels list``.
         source: where it came from (``builtin`` or the distribution that installed it); the
             plugin manager fills it in.
     """
 
     name: str
-    init: Callable[[PredictorConfig, jax.Array], KernelState]
-    update: Callable[[KernelState, Window, PredictorConfig], KernelState]
-    predict: Callable[[KernelState, Window, PredictorConfig], KernelForecast]
-    fit: Callable[[KernelState, jax.Array, PredictorConfig], KernelState] | None = None
+    init: InitFn
+    update: UpdateFn
+    predict: PredictFn
+    fit: FitFn | None = None
     description: str = ""
     source: str = "builtin"

@@ -5,6 +5,8 @@ functions under the ``usp`` entry-point group, e.g. in its ``pyproject.toml``::
 
     [project.entry-points.usp]
     my_kernels = "my_package.kernels"
+
+Plugins import ``hookimpl`` (and everything else they need) from :mod:`usp.kernel`.
 """
 
 from __future__ import annotations
@@ -25,5 +27,7 @@ def usp_register_kernels() -> list[KernelSpec]:
     Called once when the plugin manager is built; every implementation's list is collected
     (not firstresult). Names must be unique across all plugins.
 
-    :return: a list of :class:`usp.domain.KernelSpec` (name, init, update, predict, optional fit).
+    :return: a list of :class:`usp.kernel.KernelSpec` (name, init, update, predict, optional fit),
+        each with a name no other plugin uses.
     """
+    raise NotImplementedError  # a specification: pluggy calls the plugins' implementations

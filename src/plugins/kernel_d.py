@@ -32,6 +32,11 @@ While ``window.signal_frozen`` the state is returned untouched, so the forecast 
 value. ``predict`` reads the forecast that ``update`` prepared for the same window (before any
 update it falls back to the last value and the window's RMS increment).
 
+Kernel D defines no ``fit``: its readout is already the exact forgotten least-squares solution of
+everything ``update`` has seen, so ``fit_history``'s scan leaves nothing to refine offline (a
+``fit`` that replayed ``update`` would count the history twice; see the fit contract in
+``usp.domain._kernel``).
+
 Module constants (candidates for ``[kernels]`` keys): ``LOOKBACKS``, ``FORGETTING``, ``RIDGE``,
 ``INCREMENT_CLIP``, ``PREDICTION_CLIP``, ``SCALE_FLOOR_RELATIVE``.
 """
@@ -214,25 +219,8 @@ def predict(state: KernelDState, window: Window, config: PredictorConfig) -> Ker
     return KernelForecast(mean=mean, scale=scale)
 
 
-def fit(state: KernelDState, history: jax.Array, config: PredictorConfig) -> KernelDState:
-    """Warm start: replay ``update`` over a 1-D history through sliding windows (``lax.scan``)."""
-    history = jnp.asarray(history, jnp.float64)
-    size = config.window_size
-    padded = jnp.concatenate([jnp.full((size - 1,), history[0]), history])
-    false = jnp.zeros((), bool)
-
-    def step(carry: KernelDState, t: jax.Array) -> tuple[KernelDState, None]:
-        values = jax.lax.dynamic_slice(padded, (t,), (size,))
-        count = jnp.minimum(t + 1, size).astype(jnp.int32)
-        return update(carry, Window(values=values, count=count, signal_frozen=false,
-                                    emergency=false), config), None
-
-    state, _ = jax.lax.scan(step, state, jnp.arange(history.shape[0]))
-    return state
-
-
 KERNEL_D = KernelSpec(
-    name="D", init=init, update=update, predict=predict, fit=fit,
+    name="D", init=init, update=update, predict=predict,
     description="Rough paths: log-signature of the time-augmented window, online ridge readout "
                 "with forgetting (depth switchable 2..5 without retraining)",
 )
