@@ -36,8 +36,8 @@ from services import moto_s3_server, redis_server, s3_client  # noqa: E402
 from usp import FunctionalPredictor, PredictorConfig, ProcessState, UniversalPredictor  # noqa: E402
 from usp.adapters.clocks import ReplayClock  # noqa: E402
 from usp.adapters.stores import FileStore, MemoryStore, RedisStore, S3Store  # noqa: E402
-from usp.application.persistence import state_to_payload  # noqa: E402
 from usp.application.snapshot import encode_snapshot, pytree_to_blocks  # noqa: E402
+from usp.application.snapshot_payload import state_to_payload  # noqa: E402
 
 T0, DT = 1_700_000_000_000_000_000, 10_000_000
 

@@ -6,15 +6,15 @@ breaker and a kurtosis-adaptive CUSUM regime detector. See README.md.
 """
 
 from . import _jax_setup  # noqa: F401  (x64 and cache settings before any JAX use)
+from ._backtest import BacktestResult, backtest
+from .adapters.clocks import ManualClock, ReplayClock, SystemClock
 from .application import (
     BatchPrediction,
     ColumnarBatch,
-    FunctionalPredictor,
     OperatingMode,
     PredictionResult,
     ProcessState,
     Telemetry,
-    UniversalPredictor,
 )
 from .application.config_file import load_config
 from .application.types import (
@@ -36,6 +36,7 @@ from .application.types import (
     StaleDataEvent,
     TopologicalBranchReleasedEvent,
 )
+from .composition import FunctionalPredictor, UniversalPredictor
 from .domain import (
     ConfigError,
     DomainError,
@@ -53,13 +54,48 @@ from .domain._events import EventCode
 from .ports.state_store import SnapshotKeyError
 
 __all__ = [
-    "BatchPrediction", "ColumnarBatch", "ConfigError", "CriticalSingularityEvent", "DomainError", "Event", "EventCode",
-    "FreezingTopologicalBranchEvent", "FrequencyWarning", "FrozenSignalAlarmEvent", "FrozenSignalReleasedEvent",
-    "FunctionalPredictor", "IntegrityError", "KernelForecast", "KernelSpec", "LowEpsilonEvent",
-    "MagnitudeRejectedEvent", "NonFiniteRejectedEvent", "NormalOperationRestoredEvent", "OperatingMode",
-    "OutOfOrderRejectedEvent", "OutlierRejectedEvent", "PredictionResult", "PredictorConfig", "ProcessState",
-    "RegimeChangedEvent", "SingularityClearedEvent", "SinkhornNotConvergedEvent", "SnapshotKeyError",
+    "BacktestResult",
+    "BatchPrediction",
+    "ColumnarBatch",
+    "ConfigError",
+    "CriticalSingularityEvent",
+    "DomainError",
+    "Event",
+    "EventCode",
+    "FreezingTopologicalBranchEvent",
+    "FrequencyWarning",
+    "FrozenSignalAlarmEvent",
+    "FrozenSignalReleasedEvent",
+    "FunctionalPredictor",
+    "IntegrityError",
+    "KernelForecast",
+    "KernelSpec",
+    "LowEpsilonEvent",
+    "MagnitudeRejectedEvent",
+    "ManualClock",
+    "NonFiniteRejectedEvent",
+    "NormalOperationRestoredEvent",
+    "OperatingMode",
+    "OutOfOrderRejectedEvent",
+    "OutlierRejectedEvent",
+    "PredictionResult",
+    "PredictorConfig",
+    "ProcessState",
+    "RegimeChangedEvent",
+    "ReplayClock",
+    "SingularityClearedEvent",
+    "SinkhornNotConvergedEvent",
+    "SnapshotKeyError",
     "SparseArrivalEvent",
-    "StaleDataEvent", "StalenessWarning", "Telemetry", "TimestampError", "TopologicalBranchReleasedEvent", "USPError",
-    "UniversalPredictor", "Window", "load_config",
+    "StaleDataEvent",
+    "StalenessWarning",
+    "SystemClock",
+    "Telemetry",
+    "TimestampError",
+    "TopologicalBranchReleasedEvent",
+    "USPError",
+    "UniversalPredictor",
+    "Window",
+    "backtest",
+    "load_config",
 ]

@@ -1,4 +1,5 @@
-"""The dependency-injection container: the one place that knows every concrete adapter.
+"""The dependency-injection container: it picks the state store adapter from configuration
+(``composition.py``, the composition root, asks it for the store of ``[io] storage_kind``).
 
 ``config.storage.kind`` picks the :class:`~usp.ports.state_store.StateStore` implementation:
 ``"memory"`` | ``"file"`` | ``"redis"`` | ``"s3"``. Options left unset fall back to each store's
@@ -26,7 +27,7 @@ class Container(containers.DeclarativeContainer):
 
     config = providers.Configuration()
     #: callback receiving CorruptedSnapshotEvent / InsufficientStorageEvent / SnapshotWriteFailedEvent
-    store_events = providers.Object(None)
+    store_events: providers.Object[Any] = providers.Object(None)
 
     state_store = providers.Selector(
         config.storage.kind,

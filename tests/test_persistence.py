@@ -22,8 +22,10 @@ import pytest
 from usp import FunctionalPredictor, IntegrityError, PredictorConfig, ProcessState, UniversalPredictor
 from usp.adapters.clocks import ReplayClock
 from usp.adapters.stores import FileStore, MemoryStore, RedisStore
-from usp.application.persistence import MAX_PENDING_KEYS, STORAGE_EVENT_HISTORY, state_to_payload
 from usp.application.snapshot import decode_snapshot, pytree_to_blocks
+from usp.application.snapshot_payload import state_to_payload
+from usp.application.snapshot_session import STORAGE_EVENT_HISTORY
+from usp.application.snapshot_writer import MAX_PENDING_KEYS
 from usp.domain._core import Out
 from usp.domain._roughness import koopman_modes
 from usp.ports.state_store import (

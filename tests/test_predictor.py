@@ -31,7 +31,7 @@ from usp import (
 )
 from usp.adapters.clocks import ManualClock, ReplayClock
 from usp.application import decode_events
-from usp.application.predictors import read_piece
+from usp.application.batching import read_piece
 from usp.domain._core import Out
 from usp.plugins.manager import build_plugin_manager
 

@@ -1,6 +1,13 @@
-"""Use cases wiring the domain core and the ports: the predictors."""
+"""Use cases wiring the domain core and the ports: the predictors, with explicit dependencies.
 
-from .predictors import BatchPrediction, FunctionalPredictor, UniversalPredictor, result_from_output
+``FunctionalPredictor(config, clock=, kernels=, device=)`` and ``UniversalPredictor(functional,
+stores)`` take every adapter and the resolved kernels as arguments; ``usp.FunctionalPredictor``
+and ``usp.UniversalPredictor`` (``usp.composition``) build them from a config.
+"""
+
+from .functional import FunctionalPredictor
+from .results import BatchPrediction, result_from_output
+from .snapshot_session import SnapshotStores
 from .types import (
     EVENT_TYPES,
     ColumnarBatch,
@@ -11,9 +18,10 @@ from .types import (
     Telemetry,
     decode_events,
 )
+from .universal import UniversalPredictor
 
 __all__ = [
     "EVENT_TYPES", "BatchPrediction", "ColumnarBatch", "Event", "FunctionalPredictor", "OperatingMode",
-    "PredictionResult", "ProcessState", "Telemetry", "UniversalPredictor", "decode_events",
+    "PredictionResult", "ProcessState", "SnapshotStores", "Telemetry", "UniversalPredictor", "decode_events",
     "result_from_output",
 ]

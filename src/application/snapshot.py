@@ -79,6 +79,8 @@ def _as_array(value: Any, where: str) -> np.ndarray:
 
 def _pack_array(array: np.ndarray) -> msgpack.ExtType:
     dtype = _storable(array.dtype)
+    if dtype is None:  # _as_array admits only storable dtypes
+        raise TypeError(f"dtype {array.dtype} is not storable")
     header = struct.pack(f"<BB{array.ndim}Q", _CODE_OF[dtype], array.ndim, *array.shape)
     raw = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
     return msgpack.ExtType(_ARRAY_EXT, header + raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,15 +20,23 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 def to_timestamp_ns(timestamp: _dt.datetime | int | np.integer) -> int:
     """UTC nanoseconds since the epoch from an aware datetime (or integer nanoseconds).
 
+    The result is always in (−2⁶³, 2⁶³): int64 nanoseconds, about the years 1678 to 2262, −2⁶³
+    being the core's "untimed" marker.
+
     Raises:
-        TimestampError: a naive datetime, or anything that is not a datetime or an integer.
+        TimestampError: a naive datetime, a time outside int64 nanoseconds, or anything that is
+            not a datetime or an integer.
     """
     if isinstance(timestamp, _dt.datetime):
         if timestamp.tzinfo is None or timestamp.tzinfo.utcoffset(timestamp) is None:
             raise TimestampError(f"timestamp {timestamp.isoformat()} is naive; give it a timezone, "
                                  "e.g. datetime.now(timezone.utc)")
         delta = timestamp - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+        stamp = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+        if not -(2**63) < stamp < 2**63:
+            raise TimestampError(f"timestamp {timestamp.isoformat()} is outside int64 nanoseconds (about "
+                                 f"1678-09-21 to 2262-04-11 UTC)")
+        return stamp
     if isinstance(timestamp, (int, np.integer)) and not isinstance(timestamp, bool):
         if not -(2**63) < timestamp < 2**63:
             raise TimestampError(f"timestamp {timestamp} ns does not fit in int64")
@@ -187,31 +196,105 @@ def batch_timestamps(timestamps: Any) -> np.ndarray:
     raise TimestampError(f"timestamp at row {row} ({shown}) is {detail}")
 
 
-def history_values(history: Any) -> np.ndarray:
-    """Past values for ``fit_history`` as a float64 array (any shape; the caller checks it).
+def pandas_kind(obj: Any) -> str | None:
+    """``"series"``, ``"frame"`` or ``"index"`` for a pandas object, else None.
 
-    An array of an integer or floating dtype, or (nested) sequences of real numbers.
+    pandas is never imported here: an object can only be a pandas object if pandas is already
+    in ``sys.modules`` (it is an optional dependency).
+    """
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return None
+    if isinstance(obj, pd.DataFrame):
+        return "frame"
+    if isinstance(obj, pd.Series):
+        return "series"
+    if isinstance(obj, pd.Index):
+        return "index"
+    return None
+
+
+def series_values(series: Any, what: str = "history") -> np.ndarray:
+    """The values of a pandas Series (or Index) as float64[T].
+
+    Integer and floating dtypes, NumPy's and pandas' nullable ones (a missing value, ``pd.NA``,
+    becomes NaN: the core rejects it as an event, ``fit_history`` refuses it), or an object
+    column of real numbers checked one by one. ``what`` names the input in messages.
 
     Raises:
-        DomainError: a bool, str, None or other non-number (naming its flat index), or a dtype
-            other than integer or floating.
+        DomainError: a bool, string, datetime, categorical or other non-numeric dtype, or a
+            non-number in an object column (naming its position).
     """
+    kind = getattr(series.dtype, "kind", "O")
+    if kind in "iuf":
+        return np.asarray(series.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    if kind == "O" and str(series.dtype) == "object":
+        return _checked_sequence(list(series.to_numpy()), what)
+    raise DomainError(f"{what} must hold real numbers, got dtype {series.dtype}")
+
+
+def _is_datetime_column(column: Any) -> bool:
+    return getattr(column.dtype, "kind", "") == "M"
+
+
+def frame_values(frame: Any, what: str = "history") -> np.ndarray:
+    """The value columns of a pandas DataFrame: float64[T] for one column, float64[N, T] (one
+    row per column, in column order) for N columns. Datetime columns are timestamps, not
+    values: they are left out (as is the index).
+
+    Raises:
+        DomainError: no value column, or a column that is not numeric (named).
+    """
+    names = [name for name in frame.columns if not _is_datetime_column(frame[name])]
+    if not names:
+        raise DomainError(f"{what}: the DataFrame has no value column (columns: {list(frame.columns)!r})")
+    rows = [series_values(frame[name], f"{what} column {name!r}") for name in names]
+    return rows[0] if len(rows) == 1 else np.stack(rows)
+
+
+def _checked_sequence(history: Any, what: str) -> np.ndarray:
+    array = np.asarray(history, dtype=object)
+    for index, value in enumerate(array.ravel()):
+        if not _real_kind(value):
+            raise DomainError(f"{what} value at index {index} must be a real number, got "
+                              f"{type(value).__name__} ({value!r:.40})")
+    try:
+        return array.astype(np.float64)
+    except OverflowError as exc:
+        raise DomainError(f"{what} holds an integer beyond float64") from exc
+
+
+def history_values(history: Any, what: str = "history") -> np.ndarray:
+    """Past values for ``fit_history`` as a float64 array (any shape; the caller checks it).
+
+    Accepted: an array (NumPy, JAX) of an integer or floating dtype; (nested) sequences of real
+    numbers; a pandas Series (float64[T]); a pandas DataFrame of value columns (one column:
+    float64[T]; N columns, one per asset of a batched state: float64[N, T]; datetime columns and
+    the index are timestamps, so they are left out). pandas is optional and never imported here.
+    ``what`` names the input in messages.
+
+    Raises:
+        DomainError: a bool, str, None or other non-number (naming its flat index, or its
+            column), or a dtype other than integer or floating.
+    """
+    kind = pandas_kind(history)
+    if kind == "frame":
+        return frame_values(history, what)
+    if kind in ("series", "index"):
+        return series_values(history, what)
     if _is_sequence(history):
-        array = np.asarray(history, dtype=object)
-        for index, value in enumerate(array.ravel()):
-            if not _real_kind(value):
-                raise DomainError(f"history value at index {index} must be a real number, got "
-                                  f"{type(value).__name__} ({value!r:.40})")
-        try:
-            return array.astype(np.float64)
-        except OverflowError as exc:
-            raise DomainError("history holds an integer beyond float64") from exc
+        return _checked_sequence(history, what)
     if not hasattr(history, "__array__") or isinstance(history, (str, bytes)):
-        raise DomainError(f"history must be an array or a sequence of numbers, got {type(history).__name__}")
+        raise DomainError(f"{what} must be an array or a sequence of numbers, got {type(history).__name__}")
     array = np.asarray(history)
     if array.dtype.kind not in "iuf":
-        raise DomainError(f"history must hold real numbers, got dtype {array.dtype}")
+        raise DomainError(f"{what} must hold real numbers, got dtype {array.dtype}")
     return array.astype(np.float64)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 @attrs.frozen
@@ -226,13 +309,16 @@ class ColumnarBatch:
             datetimes (``batch_timestamps``; floats, NaN, naive datetimes → ``TimestampError``
             naming the row).
 
+    Both arrays are the batch's own copies, read-only: what was checked is what the core (and
+    the predictor's clock) gets.
+
     Raises:
         DomainError: bad values, or values and timestamps of different lengths.
         TimestampError: a bad timestamp (the message names its row).
     """
 
-    values: np.ndarray = attrs.field(converter=batch_values)
-    timestamps_ns: np.ndarray = attrs.field(converter=batch_timestamps)
+    values: np.ndarray = attrs.field(converter=lambda values: _read_only(batch_values(values)))
+    timestamps_ns: np.ndarray = attrs.field(converter=lambda stamps: _read_only(batch_timestamps(stamps)))
 
     def __attrs_post_init__(self) -> None:
         if self.values.shape != self.timestamps_ns.shape:
@@ -360,7 +446,7 @@ def decode_events(bits: int, timestamp_ns: int | None = None) -> tuple[Event, ..
     """One event record per set bit, in bit order."""
     if not bits:
         return ()
-    return tuple(kind(code, kind.__doc__.strip(), timestamp_ns)
+    return tuple(kind(code, (kind.__doc__ or kind.__name__).strip(), timestamp_ns)
                  for code, kind in EVENT_TYPES.items() if bits & code)
 
 

@@ -28,6 +28,8 @@ import attrs
 from ..domain import USPError
 
 DIGEST_HEX_LEN = 64
+#: The digest every snapshot is sealed with (``[security] snapshot_integrity_hash_algorithm``).
+DIGEST_ALGORITHM = "sha256"
 DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024
 _HEX = frozenset(b"0123456789abcdef")
 
@@ -152,7 +154,7 @@ class StateStore(Protocol):
 
 
 __all__ = [
-    "DEFAULT_MAX_BLOB_BYTES", "DIGEST_HEX_LEN", "CorruptedSnapshotEvent", "EventCallback",
+    "DEFAULT_MAX_BLOB_BYTES", "DIGEST_ALGORITHM", "DIGEST_HEX_LEN", "CorruptedSnapshotEvent", "EventCallback",
     "InsufficientStorageError", "InsufficientStorageEvent", "SnapshotKeyError", "SnapshotReadError",
     "SnapshotWriteError", "SnapshotWriteFailedEvent", "StateStore", "StoreEvent", "blob_problem", "seal", "verify_blob",
 ]

@@ -1,0 +1,102 @@
+"""The compile cache: the jitted core functions of one (core config, kernel set, batch chunk).
+
+Memoised per process, so that every predictor with that configuration — one per asset, or
+re-created on reload — shares the traced and compiled graphs instead of re-tracing. The key and
+the config the core and the kernels are traced with is ``core_config(config)``: the config with
+every I/O key (``[io]``, ``[security]``, ``[meta_optimization]``) at its default, so two configs
+that differ only in, say, ``snapshot_path`` compile nothing new. Batch sizes and history lengths
+compile once each (``jax.jit``'s own cache, per shape).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import jax
+import jax.numpy as jnp
+
+from ..domain import KernelSpec, PredictorConfig
+from ..domain._config import core_config
+from ..domain._core import UNTIMED, make_core
+from .batching import BATCH_CHUNK, chunked_vmap
+from .kernel_fit import make_fit_kernels
+
+Jitted = Callable[..., Any]
+
+
+@attrs.frozen
+class CompiledCore:
+    """The jitted entry points, shared by every predictor using them (shapes: N assets, T ticks).
+
+    Attributes:
+        init: ``key -> CoreState``.
+        init_batch: ``keys[N] -> CoreState`` with a leading asset axis.
+        step: ``(state, y, timestamp_ns, now_ns, reading) -> (state, output float64[Out.length])``.
+        step_batch: the same over N assets, chunked (``batching.chunked_vmap``); ``now_ns`` shared.
+        read: ``(window, y) -> reading``: the roughness engine on the buffer once ``y`` is appended.
+        read_batch: ``read`` over N assets.
+        read_rows: ``(readings, windows, values, rows int[P]) -> readings`` with those rows re-read.
+        scan: ``(state, history float64[T]) -> (state, outputs[T, ...])``: untimed ticks.
+        scan_batch: ``(states, history float64[N, T]) -> (states, outputs[N, T, ...])``.
+        fit_kernels: ``(state, history float64[T]) -> state``: every kernel's ``fit`` (kernel_fit).
+        fit_kernels_batch: the same per asset, each with its own history row.
+    """
+
+    init: Jitted
+    init_batch: Jitted
+    step: Jitted
+    step_batch: Jitted
+    read: Jitted
+    read_batch: Jitted
+    read_rows: Jitted
+    scan: Jitted
+    scan_batch: Jitted
+    fit_kernels: Jitted
+    fit_kernels_batch: Jitted
+
+
+def compiled_core(config: PredictorConfig, kernels: Sequence[KernelSpec], batch_chunk: int = BATCH_CHUNK
+                  ) -> CompiledCore:
+    """The jitted core of ``config``'s non-I/O keys and ``kernels`` (built once per process)."""
+    return _compile(core_config(config), tuple(kernels), batch_chunk)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(config: PredictorConfig, kernels: tuple[KernelSpec, ...], batch_chunk: int) -> CompiledCore:
+    init, step, due, read = make_core(config, kernels)
+    read_batch = chunked_vmap(read, batch_chunk)
+    fit_kernels = make_fit_kernels(config, kernels)
+
+    def read_rows(readings, windows, values, rows):
+        """``readings`` with the given rows (int[P], repeats allowed) re-read."""
+        return readings.at[rows].set(read_batch(windows[rows], values[rows]))
+
+    def step_batch(states, values, stamps, now, readings):
+        return chunked_vmap(lambda s, y, t, r: step(s, y, t, now, r), batch_chunk)(states, values, stamps, readings)
+
+    def scan(state, values):
+        untimed = jnp.full(values.shape, UNTIMED, jnp.int64)
+        return jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1], jnp.int64(0), None), state, (values, untimed))
+
+    def scan_batch(states, values):
+        """History of N assets: float64[N, T], scanned over time with the batched step."""
+        untimed = jnp.full(values.shape[0], UNTIMED, jnp.int64)
+
+        def tick(s, column):
+            readings = jax.lax.cond(jnp.any(jax.vmap(due)(s.count, s.sia_age)),
+                                    lambda: read_batch(s.window, column), lambda: s.sia)
+            return step_batch(s, column, untimed, jnp.int64(0), readings)
+
+        states, outputs = jax.lax.scan(tick, states, values.T)
+        return states, jnp.swapaxes(outputs, 0, 1)
+
+    return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init)), step=jax.jit(step),
+                        step_batch=jax.jit(step_batch), read=jax.jit(read), read_batch=jax.jit(read_batch),
+                        read_rows=jax.jit(read_rows), scan=jax.jit(scan), scan_batch=jax.jit(scan_batch),
+                        fit_kernels=jax.jit(fit_kernels), fit_kernels_batch=jax.jit(jax.vmap(fit_kernels)))
+
+
+__all__ = ["CompiledCore", "compiled_core"]
