@@ -313,7 +313,7 @@ def validate(config: PredictorConfig) -> None:
 
 _PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 _TYPES: dict[str, type] = {
-    f.name: _PY_TYPES[f.type] for f in attrs.fields(PredictorConfig) if isinstance(f.type, str)
+    f.name: _PY_TYPES[str(f.type)] for f in attrs.fields(PredictorConfig) if isinstance(f.type, str)
     and f.type in _PY_TYPES
 }
 
@@ -368,6 +368,19 @@ def config_from_sections(sections: Mapping[str, Any]) -> PredictorConfig:
         return _CONVERTER.structure(flat, PredictorConfig)
     except cattrs.BaseValidationError as exc:
         raise _first_config_error(exc) from None
+
+
+#: Sections whose keys configure I/O and tooling around the core, never the compiled step.
+IO_SECTIONS = ("io", "security", "meta_optimization")
+
+
+def core_config(config: PredictorConfig) -> PredictorConfig:
+    """``config`` with every key of :data:`IO_SECTIONS` at its default: what the compiled core
+    (and the kernels, which see this config at trace time) depends on. Two configs that differ
+    only in I/O keys share one compiled graph."""
+    io_defaults: dict[str, Any] = {name: field.default for name, field in FIELDS.items()
+                   if field.metadata["section"] in IO_SECTIONS and getattr(config, name) != field.default}
+    return attrs.evolve(config, **io_defaults) if io_defaults else config
 
 
 def _first_config_error(exc: BaseException) -> ConfigError:
