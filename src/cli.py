@@ -1,5 +1,6 @@
 """The ``usp`` command line.
 
+    usp --version                # "usp <version>" of the installed distribution
     usp [--debug] run DATA.csv [--config config.toml] [--out predictions.csv] [--plot report.png]
     usp kernels list             # installed kernels, and plugins that failed to load
     usp config defaults          # the documented default config.toml on stdout
@@ -21,7 +22,8 @@ import traceback
 from pathlib import Path
 
 from . import _jax_setup
-from ._cli_run import RunSummary, check_outputs, run
+from ._backtest import BacktestResult
+from ._cli_run import check_outputs, run
 from .adapters.clocks import ReplayClock
 from .adapters.report_plot import PLOT_FORMATS
 from .application.config_file import load_config
@@ -100,7 +102,7 @@ def _kernels_list() -> int:
 
 def _config_check(path: Path) -> int:
     """Build a predictor from the file, as ``usp run`` does: the same validation, no compilation."""
-    from .application import FunctionalPredictor
+    from .composition import FunctionalPredictor
 
     config = load_config(path)
     try:
@@ -144,11 +146,11 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else PredictorConfig()
     if not args.data.is_file():
         raise DomainError(f"{args.data}: {'is a directory' if args.data.is_dir() else 'no such file'}")
-    check_outputs(args.data, args.out, args.plot)
+    check_outputs(args.data, args.out, args.plot, args.config)
     _enable_cache()
     _jax_setup.check_backend()
 
-    def show(summary: RunSummary) -> None:
+    def show(summary: BacktestResult) -> None:
         print(f"\nUSP run on {args.data} (kernels: {', '.join(config.enabled_kernels)})")
         print(summary.table())
         advice = summary.sampling_advice(config)
@@ -157,10 +159,22 @@ def _run(args: argparse.Namespace) -> int:
         if args.out is not None:
             print(f"  predictions written to {args.out}")
 
-    run(args.data, config, args.out, args.plot, progress=not args.quiet, show=show)
+    run(args.data, config, args.out, args.plot, progress=not args.quiet, show=show, config_path=args.config)
     if args.plot is not None:
         print(f"  report written to {args.plot}")
     return 0
+
+
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``), else the package's
+    ``__version__``, else ``"unknown"`` (a source tree that was never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("usp")
+    except metadata.PackageNotFoundError:
+        package = sys.modules.get(__package__ or "usp")
+        return str(getattr(package, "__version__", "unknown"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,11 +185,14 @@ def _parser() -> argparse.ArgumentParser:
                                      epilog="Exit status: 0 success, 2 an error reported in one line "
                                             "(bad input, config, I/O, JAX backend), 1 an unexpected failure "
                                             "(with its traceback).")
+    parser.add_argument("--version", action="version", version=f"usp {version()}",
+                        help="print the installed version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="stream a CSV through the predictor", parents=[debug])
     run_parser.add_argument("data", type=Path, help="UTF-8 CSV: 'timestamp,value' or one value column")
     run_parser.add_argument("--config", type=Path, help="config.toml (defaults if omitted)")
-    run_parser.add_argument("--out", type=Path, help="per-tick predictions CSV to write (replaced atomically)")
+    run_parser.add_argument("--out", type=Path, help="per-tick predictions CSV to write (a file is replaced "
+                            "atomically; a device or pipe, such as /dev/stdout, is written directly)")
     run_parser.add_argument("--plot", type=Path, help="report image to draw; the suffix names the format: "
                             + ", ".join(f".{f}" for f in PLOT_FORMATS))
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -228,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     """The ``usp`` command. Expected failures (bad input or config, I/O, the JAX backend) print
     one ``usp: error:`` line and return 2 (with ``--debug`` the traceback too); anything else
     raises with its traceback."""
+    cache_problem = _jax_setup.take_cache_problem()
+    if cache_problem is not None:
+        _warn(f"the compilation cache is off: JAX_COMPILATION_CACHE_DIR={cache_problem.filename}: "
+              f"{cache_problem.strerror} (set it to a writable directory, or unset it)")
     args = _parser().parse_args(argv)
     warning_lines = _WarningLine(logging.WARNING)
     logging.getLogger("usp.plugins").addHandler(warning_lines)
