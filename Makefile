@@ -11,8 +11,9 @@ demo: $(STAMP)  ## run the main job on the embedded dataset
 	$(PY) -m usp.cli run data/co2_weekly_mauna_loa.csv --config examples/co2_weekly.toml \
 	    --out out/predictions.csv --plot out/report.png
 
-test: $(STAMP)  ## lint and run the whole test suite
+test: $(STAMP)  ## lint, type-check src/ and run the whole test suite
 	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -n 2 -q
 
 bench: $(STAMP)  ## print the benchmark tables and write benchmarks/results/*.json

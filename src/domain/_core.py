@@ -305,15 +305,13 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         # 7. kernels learn and predict ----------------------------------------------------------
         view = Window(values=window, count=filled.astype(jnp.int32), signal_frozen=frozen,
                       emergency=emergency)
-        kernel_states, means, scales = [], [], []
+        kernel_states, forecasts = [], []
         for spec, kstate in zip(kernels, state.kernels, strict=True):
             kstate = spec.update(kstate, view, config)
-            forecast = spec.predict(kstate, view, config)
             kernel_states.append(kstate)
-            means.append(forecast.mean)
-            scales.append(forecast.scale)
-        means = jnp.stack(means)
-        scales = jnp.maximum(jnp.stack(scales), jnp.sqrt(VARIANCE_FLOOR))
+            forecasts.append(spec.predict(kstate, view, config))
+        means = jnp.stack([forecast.mean for forecast in forecasts])
+        scales = jnp.maximum(jnp.stack([forecast.scale for forecast in forecasts]), jnp.sqrt(VARIANCE_FLOOR))
         finite_kernels = jnp.isfinite(means) & jnp.isfinite(scales)
         means = jnp.where(finite_kernels, means, y_safe)
         scales = jnp.where(finite_kernels, scales, jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR)))

@@ -102,9 +102,9 @@ def jko_step(log_weights: jnp.ndarray, energies: jnp.ndarray, potential: jnp.nda
         mirror_step: η > 0.
     """
     weights = jnp.exp(log_weights)
-    mirror_step = jnp.minimum(mirror_step, 1.0 / (epsilon * (1.0 + 1.0 / (2.0 * tau))))
+    step_size = jnp.minimum(mirror_step, 1.0 / (epsilon * (1.0 + 1.0 / (2.0 * tau))))
     gradient = energies + potential / (2.0 * tau)
     gradient = gradient - jnp.dot(weights, gradient)  # gradients on the simplex: defined up to a constant
-    raw = (log_weights - mirror_step * gradient) / (1.0 + mirror_step * epsilon)
+    raw = (log_weights - step_size * gradient) / (1.0 + step_size * epsilon)
     floored = jnp.maximum(raw - logsumexp(raw), LOG_WEIGHT_FLOOR)
     return floored - logsumexp(floored)

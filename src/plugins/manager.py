@@ -157,8 +157,8 @@ def resolve_kernels(config: PredictorConfig, manager: pluggy.PluginManager | Non
     """
     manager = manager or build_plugin_manager()
     available, hook_failures = _collect(manager)
-    for broken in hook_failures:
-        logger.warning("%s; skipped", broken.describe())
+    for failure in hook_failures:
+        logger.warning("%s; skipped", failure.describe())
     missing = [name for name in config.enabled_kernels if name not in available]
     if missing:
         broken = (*getattr(manager, "load_failures", ()), *hook_failures)

@@ -171,7 +171,7 @@ class S3Store:
             return [function(a) for a in args]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(args))) as pool:
             futures = [pool.submit(function, a) for a in args]
-        errors = [f.exception() for f in futures if f.exception() is not None]
+        errors = [error for f in futures if (error := f.exception()) is not None]
         if errors:
             raise errors[0]
         return [f.result() for f in futures]
