@@ -18,6 +18,7 @@ test: $(STAMP)  ## lint, type-check src/ and run the whole test suite
 
 bench: $(STAMP)  ## print the benchmark tables and write benchmarks/results/*.json
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_dispatch.py
 	$(PY) benchmarks/bench_signature.py
 	$(PY) benchmarks/bench_wtmm.py
 	$(PY) benchmarks/bench_snapshot.py
