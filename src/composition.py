@@ -3,9 +3,12 @@
 The application layer (``usp.application``) takes every dependency as an argument. This module,
 with ``container.py``, is where they are chosen, in this order:
 
-1. **secrets**: ``load_credentials(config.credentials_vault_path)`` sets the ``KEY=VALUE`` lines of
-   that ``.env`` file that the environment does not already hold (the Redis and S3 stores read
-   their credentials from there); a missing file is fine;
+1. **secrets**: only where they are used, when the store for bare snapshot keys is first built
+   (the Redis and S3 stores read their connection settings and credentials from the
+   environment): ``load_credentials(config.credentials_vault_path)`` sets the ``KEY=VALUE`` lines
+   of that ``.env`` file that the environment does not already hold; a missing file is fine, a
+   malformed one is a ``ConfigError`` naming its line. Building a predictor, ``usp.backtest`` and
+   ``usp.testing.check_kernel`` never read it;
 2. **kernels**: ``kernels`` if given, else the config's enabled kernels from the plugin manager
    (built-ins and installed entry points, or ``plugin_manager``);
 3. **device**: ``jax.devices(config.jax_platform)[0]``: the state is put there, so every step
@@ -72,9 +75,16 @@ def check_runtime(config: PredictorConfig) -> None:
                           f"{DIGEST_ALGORITHM!r}")
 
 
+def configured_store(config: PredictorConfig, on_event: Any = None) -> Any:
+    """The store of ``[io] storage_kind`` for bare snapshot keys, after the secrets of
+    ``credentials_vault_path`` are in the environment (the stores read their settings there)."""
+    load_credentials(config.credentials_vault_path)
+    return store_for_config(config, on_event=on_event)
+
+
 def snapshot_stores(config: PredictorConfig) -> SnapshotStores:
     """The stores of a predictor's snapshot session (rules in ``SnapshotSession``'s doc)."""
-    return SnapshotStores(for_bare_keys=lambda on_event: store_for_config(config, on_event=on_event),
+    return SnapshotStores(for_bare_keys=lambda on_event: configured_store(config, on_event),
                           for_directory=lambda root, on_event: FileStore(root, on_event=on_event),
                           check_key=check_key)
 
@@ -84,7 +94,6 @@ def _functional_dependencies(config: PredictorConfig | None, clock: Clock | None
     """The explicit arguments of the application's ``FunctionalPredictor`` for a config and defaults."""
     config = config or PredictorConfig()
     check_runtime(config)
-    load_credentials(config.credentials_vault_path)
     return {"config": config, "clock": SystemClock() if clock is None else clock,
             "kernels": tuple(kernels) if kernels is not None else resolve_kernels(config, plugin_manager),
             "device": platform_device(config)}
@@ -127,4 +136,5 @@ class UniversalPredictor(ExplicitUniversalPredictor):
         super().__init__(functional, snapshot_stores(functional.config), load_shedding=load_shedding)
 
 
-__all__ = ["FunctionalPredictor", "UniversalPredictor", "check_runtime", "platform_device", "snapshot_stores"]
+__all__ = ["FunctionalPredictor", "UniversalPredictor", "check_runtime", "configured_store", "platform_device",
+           "snapshot_stores"]

@@ -49,7 +49,8 @@ def _use(config: PredictorConfig) -> UniversalPredictor:
 
 def test_configs_differing_only_in_io_keys_compile_nothing_new(tmp_path):
     io_only = attrs.evolve(BASE, snapshot_path=str(tmp_path / "elsewhere"), storage_kind="memory",
-                           credentials_vault_path=str(tmp_path / "absent.env"), checkpoint_path=str(tmp_path / "ck"))
+                           schema_version="1.1", credentials_vault_path=str(tmp_path / "absent.env"),
+                           checkpoint_path=str(tmp_path / "ck"))
     assert io_only != BASE and core_config(io_only) == core_config(BASE) == BASE
     first = _use(BASE)
     with traced_functions() as traced:

@@ -63,6 +63,39 @@ def test_the_state_lives_on_the_jax_platform_of_the_config():
     assert _devices(functional.init_state(3)) == {cpu}
 
 
+PLACEMENT = """
+import jax, numpy as np
+import usp, usp.composition as composition
+from usp import FunctionalPredictor, PredictorConfig, ProcessState
+from usp.adapters.clocks import ReplayClock
+second = jax.devices("cpu")[1]
+assert jax.devices()[0] != second  # the default device is cpu:0
+composition.jax.devices = lambda platform=None: [second]  # the platform's first device is cpu:1
+config = PredictorConfig(window_size=64, wtmm_buffer_size=64, wtmm_refresh_steps=8, kurtosis_window=32,
+                         kernel_a_order=4, enabled_kernels=("A",))
+functional = FunctionalPredictor(config, clock=ReplayClock())
+state = functional.init_state()
+state, _ = functional.step(state, ProcessState(1.0, 1_800_000_000_000_000_000))
+state, _ = functional.fit_history(state, np.cumsum(np.ones(70)))
+batch = functional.init_state(3)
+devices = {d for tree in (state, batch) for leaf in jax.tree_util.tree_leaves(tree) for d in leaf.devices()}
+print(sorted(str(d) for d in devices))
+"""
+
+
+def test_the_state_follows_the_platform_device_not_jax_default(tmp_path):
+    """With two CPU devices, a platform whose first device is not JAX's default: the state, its
+    steps and fit_history stay on that device (so the key is really placed there)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", PLACEMENT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['cpu:1']"
+
+
 def test_an_unavailable_jax_platform_is_a_config_error_naming_the_key():
     missing = []
     for platform in ("tpu", "gpu"):
@@ -78,25 +111,44 @@ def test_an_unavailable_jax_platform_is_a_config_error_naming_the_key():
             build()
 
 
-def test_building_a_predictor_loads_the_credentials_file_without_overriding_the_environment(tmp_path):
+def test_the_configured_store_loads_the_credentials_file_first_without_overriding_the_environment(tmp_path):
     fresh, preset = (f"USP_TEST_SECRET_{uuid.uuid4().hex}" for _ in range(2))
     vault = tmp_path / "secrets.env"
     vault.write_text(f"{fresh}=from-file\n{preset}=from-file\n")
     os.environ[preset] = "from-environment"
     try:
-        FunctionalPredictor(attrs.evolve(CONFIG, credentials_vault_path=str(vault)))
+        predictor = UniversalPredictor(attrs.evolve(CONFIG, credentials_vault_path=str(vault),
+                                                    storage_kind="memory"))
+        assert fresh not in os.environ  # building a predictor reads no secrets
+        predictor.save_snapshot("asset")  # a bare key: the configured store, built on first use
         assert os.environ[fresh] == "from-file" and os.environ[preset] == "from-environment"
     finally:
         os.environ.pop(fresh, None)
         os.environ.pop(preset, None)
 
 
-def test_a_malformed_credentials_file_stops_the_build(tmp_path):
+def test_a_malformed_credentials_file_stops_the_configured_store_not_the_predictor(tmp_path, monkeypatch):
     vault = tmp_path / "broken.env"
     vault.write_text("NOT AN ASSIGNMENT\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("ALSO BROKEN\n")  # the default credentials_vault_path
+    predictor = UniversalPredictor(attrs.evolve(CONFIG, credentials_vault_path=str(vault), storage_kind="memory"))
+    usp.backtest(np.cumsum(np.ones(80)), CONFIG)  # neither reads the default .env
     with pytest.raises(ConfigError, match=r"broken\.env, line 1"):
-        UniversalPredictor(attrs.evolve(CONFIG, credentials_vault_path=str(vault)))
-    FunctionalPredictor(attrs.evolve(CONFIG, credentials_vault_path=str(tmp_path / "absent.env")))  # optional file
+        predictor.save_snapshot("asset")
+    absent = UniversalPredictor(attrs.evolve(CONFIG, credentials_vault_path=str(tmp_path / "absent.env"),
+                                             storage_kind="memory"))
+    absent.save_snapshot("asset")  # the file is optional
+
+
+def test_the_integrity_key_must_name_the_digest_the_stores_seal_with():
+    from types import SimpleNamespace
+
+    from usp.composition import check_runtime
+
+    check_runtime(CONFIG)
+    with pytest.raises(ConfigError, match="snapshot_integrity_hash_algorithm"):
+        check_runtime(SimpleNamespace(float_precision=64, snapshot_integrity_hash_algorithm="blake2b"))
 
 
 def test_float_precision_is_checked_against_the_process_x64_mode():

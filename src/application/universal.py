@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -121,7 +122,7 @@ class UniversalPredictor:
         with self._lock:
             self._state = value
 
-    def fit_history(self, history: Sequence[float]) -> bool:
+    def fit_history(self, history: Any) -> bool:
         """Cold-start bootstrapping on at least ``wtmm_buffer_size`` past values: the core's scan,
         then each kernel's ``fit`` (``FunctionalPredictor.fit_history``).
 

@@ -372,14 +372,17 @@ def config_from_sections(sections: Mapping[str, Any]) -> PredictorConfig:
 
 #: Sections whose keys configure I/O and tooling around the core, never the compiled step.
 IO_SECTIONS = ("io", "security", "meta_optimization")
+#: Keys of other sections that only label I/O (the snapshot header), never the compiled step.
+IO_KEYS = ("schema_version",)
 
 
 def core_config(config: PredictorConfig) -> PredictorConfig:
-    """``config`` with every key of :data:`IO_SECTIONS` at its default: what the compiled core
+    """``config`` with every key of :data:`IO_SECTIONS` and :data:`IO_KEYS` at its default: what the compiled core
     (and the kernels, which see this config at trace time) depends on. Two configs that differ
     only in I/O keys share one compiled graph."""
     io_defaults: dict[str, Any] = {name: field.default for name, field in FIELDS.items()
-                   if field.metadata["section"] in IO_SECTIONS and getattr(config, name) != field.default}
+                                   if (field.metadata["section"] in IO_SECTIONS or name in IO_KEYS)
+                                   and getattr(config, name) != field.default}
     return attrs.evolve(config, **io_defaults) if io_defaults else config
 
 
