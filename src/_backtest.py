@@ -2,7 +2,8 @@
 ``usp run`` does (the command line computes its summary here too).
 
 The score is walk-forward: the forecast made at tick t (for t+1) is compared with the value at
-t+1, over the ticks after calibration where both ticks were accepted.
+t+1, over the ticks after calibration where both ticks were accepted (every figure is defined in
+``BacktestResult``'s docstring).
 
 Inputs: a list or a NumPy array of values, a pandas Series or DataFrame (pandas is optional and
 never imported to read them: an object can only be a pandas object if pandas is already loaded),
@@ -17,7 +18,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,6 +28,7 @@ from .adapters.clocks import ReplayClock
 from .adapters.csv_reader import NS_PER_SECOND, TIMESTAMP_MAX_NS
 from .application.config_file import load_config
 from .application.results import result_from_output
+from .application.tick_reports import report_tick_events
 from .application.types import (
     OperatingMode,
     PredictionResult,
@@ -41,10 +42,8 @@ from .composition import UniversalPredictor
 from .domain import (
     ConfigError,
     DomainError,
-    FrequencyWarning,
     KernelSpec,
     PredictorConfig,
-    StalenessWarning,
     TimestampError,
 )
 from .domain._core import Out
@@ -76,28 +75,47 @@ class BacktestResult:
     Two results are equal when every figure and every per-tick array is equal (NaN equal to
     NaN); ``ticks_per_second`` (wall-clock) is not compared. Not hashable (it holds arrays).
 
+    **Definitions.** With T ticks, ``y[t] = values[t]``, ``ŷ[t] = predictions[t]`` (the forecast
+    made at tick t for the next tick), ``[lo[t], hi[t]] = [lower[t], upper[t]]``, and tick t
+    *accepted* when its event bits hold no rejection (``EventCode.rejected()``), the scored
+    pairs are the one-step-ahead pairs (t, t+1), 0 ≤ t < T − 1, with
+
+    - tick t out of calibration (its ``Out.CALIBRATING`` flag is 0: it is at least the
+      ``wtmm_buffer_size``-th accepted tick), and
+    - ticks t and t+1 both accepted (a rejected tick, such as NaN or an outlier, is neither a
+      forecast origin nor a target; the forecast made before it is not scored).
+
+    Over the set E of scored pairs, with ``e[t] = y[t+1] − ŷ[t]``:
+
     Attributes:
         ticks: observations streamed (T), rejected ones included.
-        evaluated: forecasts scored: tick t after calibration, ticks t and t+1 both accepted.
-        rmse, mae: root mean square and mean absolute one-step error (signal units); NaN when
-            nothing was evaluated.
-        mase: ``mae`` over the mean absolute error of the last-value forecast on the same ticks
-            (below 1 beats it); inf when that is 0.
-        coverage: share of evaluated targets inside [lower, upper] (0..1).
+        evaluated: the number of scored pairs, |E|.
+        rmse: ``sqrt(mean(e[t]²))`` over E (signal units); NaN when E is empty.
+        mae: ``mean(|e[t]|)`` over E (signal units); NaN when E is empty.
+        mase: ``mae`` over the mean absolute error of the last-value forecast on the same pairs,
+            ``mean(|y[t+1] − y[t]|)`` over E (in-sample, one step, not a separate training
+            set); below 1 beats it. inf when that denominator is 0 and ``mae`` is not, NaN when
+            both are 0 or E is empty.
+        coverage: share of E with ``lo[t] ≤ y[t+1] ≤ hi[t]`` (bounds included; 0..1); NaN when
+            E is empty.
         nominal: the interval's nominal coverage, ``confidence_level`` (0..1).
-        regime_changes: CUSUM alarms.
-        emergency_ticks: ticks in emergency mode (roughness circuit breaker).
+        regime_changes: CUSUM alarms: ticks whose event bits hold ``REGIME_CHANGED`` (a rejected
+            tick never does, although it repeats the last valid output's flags).
+        emergency_ticks: ticks in emergency mode (roughness circuit breaker): ticks whose
+            ``Out.EMERGENCY`` flag is set; a rejected tick keeps the mode it was in.
         rejected: ticks rejected (non-finite, beyond 1e100, outlier or out of order).
-        sparse_ticks: ticks further apart than ``besov_nyquist_interval_ns`` (weights held).
+        sparse_ticks: ticks further apart than ``besov_nyquist_interval_ns`` from the previous
+            accepted one (weights held): event bit ``SPARSE_ARRIVAL`` (accepted ticks only).
         branch_frozen_ticks: ticks with the roughness branch frozen (sampling too coarse for the
-            finest wavelet scale).
+            finest wavelet scale): the ``Out.BRANCH_FROZEN`` flag; a rejected tick keeps it.
         timestamps_ns: int64[T], UTC nanoseconds of each tick.
         values: float64[T], the observations.
         outputs: float64[T, Out.length(K, M)], the core's output vector of each tick (layout
-            ``usp.domain._core.Out``; the properties below read it).
+            ``usp.domain._core.Out``; the properties below read it). A rejected tick's row is the
+            last valid one with only its event bits replaced.
         kernel_names: the K kernels, in weight order.
-        ticks_per_second: throughput after the first tick (which may compile); informational,
-            not part of equality.
+        ticks_per_second: throughput, the T − 1 ticks after the first (which may compile) over
+            their wall-clock seconds; informational, not part of equality.
     """
 
     ticks: int
@@ -225,26 +243,53 @@ class Recording:
     seconds: float
 
 
+#: The event bits a replay does not turn into Python warnings (``StalenessWarning``,
+#: ``FrequencyWarning``): :func:`score` counts them from the outputs instead.
+_COUNTED_NOT_WARNED = int(EventCode.STALE_DATA | EventCode.SPARSE_ARRIVAL | EventCode.TOPOLOGICAL_BRANCH_FROZEN)
+
+
 def stream(predictor: UniversalPredictor, observations: Iterable[tuple[int, float]],
            on_tick: Callable[[int, float, np.ndarray], None] | None = None) -> Recording:
     """Step ``predictor`` through ``(timestamp_ns, value)`` pairs, in order; ``on_tick(stamp,
-    value, output)`` after each. Staleness and frequency warnings are silenced (they are counted
-    from the outputs). The clock starts after the first tick, which may compile."""
+    value, output)`` after each. The clock starts after the first tick, which may compile.
+
+    Each tick goes through the predictor's functional core (``predictor.functional.step_raw``
+    on ``predictor.state``, the state written back after each tick) and is reported as
+    ``UniversalPredictor.step_raw`` reports it (rejections, regime changes... logged on
+    ``usp.predictor``), except that staleness, sparse-arrival and frozen-branch events raise no
+    ``StalenessWarning``/``FrequencyWarning``: they are recorded in the outputs' event bits and
+    counted by :func:`score`. No warning filter is touched (``warnings.catch_warnings`` would
+    change process-wide state under other threads), so warnings from anything else (another
+    predictor, ``on_tick``) are shown as usual.
+
+    The replay owns ``predictor`` while it runs: nothing else may step it (``backtest`` and
+    ``usp run`` build a fresh one).
+
+    Raises:
+        ValueError: ``predictor`` sheds load (its signature depth would follow the replay's
+            wall-clock latency).
+    """
+    if predictor.load_shedding is not None:
+        raise ValueError("a replay streams through a predictor without load shedding (its depth would follow "
+                         "the wall-clock latency of the replay)")
+    functional, config = predictor.functional, predictor.config
     values: list[float] = []
     stamps: list[int] = []
     outputs: list[np.ndarray] = []
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (StalenessWarning, FrequencyWarning))
-        for stamp, value in observations:
-            output, _ = predictor.step_raw(ProcessState(value, stamp))
-            if not values:
-                started = time.perf_counter()
-            values.append(value)
-            stamps.append(stamp)
-            outputs.append(output)
-            if on_tick is not None:
-                on_tick(stamp, value, output)
+    for stamp, value in observations:
+        state, output, timestamp_ns = functional.step_raw(predictor.state, ProcessState(value, stamp))
+        predictor.state = state
+        bits = int(output[Out.EVENTS]) & ~_COUNTED_NOT_WARNED
+        if bits:
+            report_tick_events(bits, output, timestamp_ns, config)
+        if not values:
+            started = time.perf_counter()
+        values.append(value)
+        stamps.append(stamp)
+        outputs.append(output)
+        if on_tick is not None:
+            on_tick(stamp, value, output)
     seconds = time.perf_counter() - started
     width = Out.length(len(predictor.kernel_names), 0)
     return Recording(np.asarray(stamps, dtype=np.int64), np.asarray(values, dtype=np.float64),
@@ -252,10 +297,10 @@ def stream(predictor: UniversalPredictor, observations: Iterable[tuple[int, floa
 
 
 def score(recording: Recording, kernel_names: Sequence[str], nominal: float) -> BacktestResult:
-    """The summary of a replay (the one place ``usp run``'s figures are computed): the forecast
-    made at tick t is scored against the value at t+1, after calibration, on ticks t and t+1
-    both accepted. ``nominal`` is the config's ``confidence_level``. Throughput counts the T − 1
-    ticks after the first.
+    """The summary of a replay (the one place ``usp run``'s figures are computed), as
+    ``BacktestResult`` defines each figure: the forecast made at tick t is scored against the
+    value at t+1, for t out of calibration and ticks t and t+1 both accepted. ``nominal`` is the
+    config's ``confidence_level``. Throughput counts the T − 1 ticks after the first.
 
     Raises:
         DomainError: no ticks.
@@ -271,15 +316,17 @@ def score(recording: Recording, kernel_names: Sequence[str], nominal: float) -> 
     use = (outputs[:-1, Out.CALIBRATING] == 0) & accepted[1:] & accepted[:-1]
     evaluated = int(use.sum())
     errors = (target - predictions)[use]
-    naive = float(np.mean(np.abs(target - previous)[use])) if evaluated else math.nan
-    mae = float(np.mean(np.abs(errors))) if evaluated else math.nan
+    mae = naive = rmse = mase = coverage = math.nan
+    if evaluated:
+        mae = float(np.mean(np.abs(errors)))
+        rmse = float(np.sqrt(np.mean(errors**2)))
+        naive = float(np.mean(np.abs(target - previous)[use]))
+        mase = mae / naive if naive > 0 else (math.inf if mae > 0 else math.nan)
+        coverage = float(np.mean(((target >= lower) & (target <= upper))[use]))
     return BacktestResult(
-        ticks=int(values.size), evaluated=evaluated,
-        rmse=float(np.sqrt(np.mean(errors**2))) if evaluated else math.nan, mae=mae,
-        mase=(mae / naive if naive > 0 else math.inf) if evaluated else math.nan,
-        coverage=float(np.mean(((target >= lower) & (target <= upper))[use])) if evaluated else math.nan,
+        ticks=int(values.size), evaluated=evaluated, rmse=rmse, mae=mae, mase=mase, coverage=coverage,
         nominal=float(nominal),
-        regime_changes=int((outputs[:, Out.REGIME_CHANGE] > 0).sum()),
+        regime_changes=int(((events & int(EventCode.REGIME_CHANGED)) > 0).sum()),
         emergency_ticks=int((outputs[:, Out.EMERGENCY] > 0).sum()),
         rejected=int((~accepted).sum()),
         sparse_ticks=int(((events & int(EventCode.SPARSE_ARRIVAL)) > 0).sum()),
@@ -481,7 +528,8 @@ def backtest(series: Any, config: PredictorConfig | str | os.PathLike[str] | Non
 
     Raises:
         DomainError: no values, values that are not real numbers (bool, str, datetime...), not
-            one-dimensional, a missing or ambiguous value column, or as many timestamps as values.
+            one-dimensional, a missing or ambiguous value column, or not as many timestamps as
+            values.
         TimestampError: naive datetimes (a naive ``DatetimeIndex`` included), NaT, floats or
             values outside int64 nanoseconds, or ambiguous timestamp sources.
         ConfigError: a bad config (file or key), or a series without timestamps that its

@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import logging
 import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import attrs
 import numpy as np
 import pandas as pd
 import pytest
-from usp import BacktestResult, ConfigError, DomainError, PredictorConfig, TimestampError, backtest, load_config
+from usp import (
+    BacktestResult,
+    ConfigError,
+    DomainError,
+    FrequencyWarning,
+    PredictorConfig,
+    ProcessState,
+    ReplayClock,
+    StalenessWarning,
+    TimestampError,
+    UniversalPredictor,
+    backtest,
+    load_config,
+)
+from usp._backtest import replay_predictor, stream
 from usp._cli_run import run as cli_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +68,9 @@ def _printed_summary(stdout: str) -> dict[str, str]:
 
 
 def test_backtest_reproduces_every_figure_of_usp_run_on_the_co2_series(full):
+    """``usp run`` prints the table of the ``BacktestResult`` that ``usp.backtest`` returns (both
+    score through ``usp._backtest.score``); the figures themselves are recomputed independently
+    from the ticks in ``test_backtest_metrics.py``."""
     done = subprocess.run([sys.executable, "-m", "usp.cli", "run", str(DATA), "--config", str(CONFIG), "--quiet"],
                           capture_output=True, text=True, cwd=ROOT, check=True, timeout=600)
     printed = _printed_summary(done.stdout)
@@ -240,3 +261,42 @@ def test_no_module_level_pandas_import_in_the_package():
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(name.split(".")[0] == "pandas" for name in names), f"{path}:{node.lineno}"
+
+
+def test_a_replay_raises_no_sampling_warnings_and_leaves_the_warning_filters_alone(caplog):
+    """Ticks 1 s apart (the default spacing) are all sparse and freeze the roughness branch: a
+    replay counts them from the event bits and raises no ``FrequencyWarning`` (pytest turns
+    warnings into errors here), without ``warnings.catch_warnings`` (process-wide, not
+    thread-safe): the filters stay as they are during the replay, so a warning raised meanwhile
+    (here by ``on_tick``) is still shown. Rejections are still logged."""
+    values = [float(v) for v in np.sin(np.arange(200) / 5.0)]
+    values[150] = math.nan
+    predictor = replay_predictor(PredictorConfig())
+    filters: list = []
+    seen: list[int] = []
+
+    def on_tick(stamp: int, value: float, output: np.ndarray) -> None:
+        assert warnings.filters == filters
+        if not seen:
+            warnings.warn("from another part of the program", StalenessWarning, stacklevel=1)
+        seen.append(stamp)
+
+    caplog.set_level(logging.ERROR, logger="usp.predictor")
+    with pytest.warns(StalenessWarning, match="another part") as caught:
+        filters[:] = warnings.filters
+        recording = stream(predictor, ((i * 10**9, v) for i, v in enumerate(values)), on_tick)
+        assert warnings.filters == filters
+    assert len(caught) == 1 and len(seen) == 200
+    assert [r.getMessage() for r in caplog.records] == [
+        "DomainError: tick at 150000000000 ns rejected (REJECTED_NON_FINITE); returning the last valid result"]
+    assert predictor.state.count == 199  # the replay stepped the predictor (the NaN left it untouched)
+    result = backtest(values, PredictorConfig())
+    assert result.sparse_ticks == 198 and result.branch_frozen_ticks > 0
+    np.testing.assert_array_equal(result.outputs, recording.outputs)
+    # the same ticks through the predictor's own step warn, as a live feed should
+    with pytest.raises(ValueError, match="without load shedding"):  # its depth would follow wall-clock latency
+        stream(cast(UniversalPredictor, SimpleNamespace(load_shedding=object())), [])
+    live = UniversalPredictor(PredictorConfig(), clock=ReplayClock())
+    live.step_raw(ProcessState(0.0, 0))
+    with pytest.warns(FrequencyWarning, match="besov_nyquist_interval_ns"):
+        live.step_raw(ProcessState(1.0, 10**9))
