@@ -1,12 +1,14 @@
 """Support for ``usp.testing.check_kernel``: the windows it feeds, traced functions that count their
-traces, comparisons of pytrees, and explanations of JAX errors. Private: use ``usp.testing``."""
+traces, host callbacks in jaxprs, comparisons of pytrees, and explanations of JAX errors. Private:
+use ``usp.testing``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -70,6 +72,15 @@ def adversarial(size: int) -> dict[str, Window]:
     }
 
 
+def with_non_finite(history: np.ndarray) -> np.ndarray:
+    """``history`` with NaN at its start and NaN, +inf and -inf further on (what
+    ``FunctionalPredictor.fit_history`` passes on to ``fit``)."""
+    spoilt = np.array(history, np.float64)
+    n = len(spoilt)
+    spoilt[[0, n // 4, n // 2, 3 * n // 4]] = (np.nan, np.inf, np.nan, -np.inf)
+    return spoilt
+
+
 def row(tree: Any, i: int) -> Any:
     """Row ``i`` of every leaf (one tick of a stream, one asset of a batch)."""
     return jax.tree_util.tree_map(lambda leaf: leaf[i], tree)
@@ -127,6 +138,43 @@ class Traced:
             if change:
                 return change
         return "the inputs changed"
+
+
+# -- host callbacks --------------------------------------------------------------------------------
+#: The primitives of JAX's host callbacks, with the function that makes each. Any other primitive
+#: whose name contains "callback" counts too.
+HOST_CALLBACKS: dict[str, str] = {
+    "io_callback": "jax.experimental.io_callback",
+    "pure_callback": "jax.pure_callback",
+    "debug_callback": "jax.debug.callback",
+    "debug_print": "jax.debug.print",
+}
+
+
+def find_host_callback(jaxpr: jax.extend.core.Jaxpr) -> tuple[str, tuple[str, ...]] | None:
+    """The first host-callback primitive of ``jaxpr`` or of any jaxpr nested in its equations
+    (scan, cond, while, jit, custom_jvp/custom_vjp bodies, ...), with the path of the primitives
+    that enclose it; None when there is none."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in HOST_CALLBACKS or "callback" in name:
+            return name, ()
+        label = f"{name} {eqn.params['name']!r}" if isinstance(eqn.params.get("name"), str) else name
+        for sub in _sub_jaxprs(eqn.params.values()):
+            found = find_host_callback(sub)
+            if found is not None:
+                return found[0], (label, *found[1])
+    return None
+
+
+def _sub_jaxprs(values: Any) -> Iterator[jax.extend.core.Jaxpr]:
+    for value in values:
+        if isinstance(value, jax.extend.core.ClosedJaxpr):
+            yield value.jaxpr
+        elif isinstance(value, jax.extend.core.Jaxpr):
+            yield value
+        elif isinstance(value, (tuple, list)):  # cond's branches
+            yield from _sub_jaxprs(value)
 
 
 # -- comparisons -------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A plugin needs nothing else from USP (``usp.testing.check_kernel`` checks it)::
 
-    from usp.kernel import KernelForecast, KernelSpec, PredictorConfig, Window, hookimpl, pytree
+    from usp.kernel import KernelForecast, KernelSpec, PredictorConfig, Window, hookimpl, pytree, replace
 
 - :class:`KernelSpec`: the registered kernel, a name and its pure functions
   ``init``/``update``/``predict`` and the optional ``fit`` (the fit contract is in its docstring
@@ -11,6 +11,8 @@ A plugin needs nothing else from USP (``usp.testing.check_kernel`` checks it)::
 - :data:`KernelState`: the alias for a kernel's own state (any pytree of fixed-shape arrays).
 - :func:`pytree`: the decorator for state classes (a frozen attrs class registered as a JAX
   pytree; a ``typing.dataclass_transform``, so type checkers see its ``__init__``).
+- :func:`replace`: a copy of a ``@pytree`` instance with some fields changed (``attrs.evolve``,
+  typed: it returns the instance's own class, where mypy rejects ``attrs.evolve`` on it).
 - :data:`hookimpl`: the pluggy marker for ``usp_register_kernels``.
 - :class:`PredictorConfig`: the configuration every kernel function receives (static under jit).
 - :data:`InitFn`, :data:`UpdateFn`, :data:`PredictFn`, :data:`FitFn`: the function types.
@@ -29,10 +31,10 @@ from .domain._kernel import (
     UpdateFn,
     Window,
 )
-from .domain._pytree import pytree
+from .domain._pytree import pytree, replace
 from .plugins.hookspecs import hookimpl
 
 __all__ = [
     "FitFn", "InitFn", "KernelForecast", "KernelSpec", "KernelState", "PredictFn", "PredictorConfig",
-    "UpdateFn", "Window", "hookimpl", "pytree",
+    "UpdateFn", "Window", "hookimpl", "pytree", "replace",
 ]

@@ -34,6 +34,8 @@ from .domain._kernel import KernelForecast, KernelSpec
 CHECKS: dict[str, str] = {
     "spec": "a KernelSpec with a non-empty name and callable init, update, predict (and fit, if set)",
     "jit": "init, update and predict run under jax.jit; predict returns a KernelForecast of scalar floats",
+    "no_callbacks": "the jaxprs of init, update, predict and fit, nested ones included, hold no host callback "
+                    "(io_callback, pure_callback, jax.debug.callback, jax.debug.print)",
     "fixed_shapes": "update keeps the state's pytree structure, shapes, dtypes and weak types",
     "finite": "forecasts and state stay finite on a random walk and on adversarial windows (constant, "
               "±1e100, scale 1e-300, alternating, a jump, a spike, small counts, signal_frozen, emergency), "
@@ -43,10 +45,12 @@ CHECKS: dict[str, str] = {
     "vmap": "jax.vmap of init and of update+predict over a batch equals the single results row by row (1e-12)",
     "snapshot": "the state survives the snapshot codec bit-identically and gives the identical next forecast",
     "no_recompilation": "after warm-up nothing traces again: not a new state, a restored one, nor new windows",
-    "fit": "fit (when defined) runs under jit and vmap, keeps the state's structure and stays finite",
+    "fit": "fit (when defined) runs under jit and vmap, keeps the state's structure and stays finite, also on a "
+           "history with NaN and ±inf entries",
     "fit_honoured": "fit_history applies fit once to the kernel state its scan leaves (through a predictor)",
 }
 _FIT_CHECKS = ("fit", "fit_honoured")
+_NON_FINITE_HISTORY = "a history with NaN and ±inf entries"
 
 
 class KernelCheckError(AssertionError):
@@ -194,6 +198,33 @@ class _Run:
             raise Problem(f"{culprit}(state, window, config) under jax.jit raised: {support.explain(exc)}") from exc
         _check_forecast(forecast)
 
+    def check_no_callbacks(self) -> None:
+        window = support.row(self.warm_windows, 0)
+        config, spec = self.config, self.spec
+        functions: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
+            "init": (self._init, (self.key,)),
+            "update": (lambda state, w: spec.update(state, w, config), (self.cold, window)),
+            "predict": (lambda state, w: spec.predict(state, w, config), (self.first_state, window)),
+        }
+        if spec.fit is not None:
+            functions["fit"] = (self._fit, (self.cold, jax.ShapeDtypeStruct((3 * self.size,), jnp.float64)))
+        for what, (fn, args) in functions.items():
+            try:
+                jaxpr = jax.make_jaxpr(fn)(*args)
+            except Exception:  # only fit is traced here for the first time: the fit check reports it
+                if what == "fit":
+                    continue
+                raise
+            found = support.find_host_callback(jaxpr.jaxpr)
+            if found is not None:
+                primitive, path = found
+                inside = f" inside {' > '.join(path)}" if path else ""
+                raise Problem(f"{what} calls the host callback {primitive} "
+                              f"({support.HOST_CALLBACKS.get(primitive, 'a host callback')}){inside}; kernels must "
+                              "be pure JAX: a host callback leaves the compiled step for Python on every tick of "
+                              "every asset, and what it does is beyond what jit, vmap and snapshots guarantee "
+                              "(jax.debug.print and jax.debug.callback count too: remove them once the kernel works)")
+
     def check_fixed_shapes(self) -> None:
         before = support.signature(self.cold)
         state = self.cold
@@ -304,7 +335,8 @@ class _Run:
         self.history = history
         cases = {"a unit random walk": (self.warm, history),
                  "a constant history": (self.cold, np.full(n, 5.0)),
-                 "a ±1e100 history": (self.warm, 1e100 * np.where(np.arange(n) % 3 == 0, -1.0, 1.0))}
+                 "a ±1e100 history": (self.warm, 1e100 * np.where(np.arange(n) % 3 == 0, -1.0, 1.0)),
+                 _NON_FINITE_HISTORY: (self.warm, support.with_non_finite(history))}
         before = support.signature(self.cold)
         fitted: dict[str, Any] = {}
         for where, (state, values) in cases.items():
@@ -315,7 +347,9 @@ class _Run:
                 raise Problem(f"{change}; fit must return a state of the same structure, shapes and dtypes")
             bad = support.first_non_finite(fitted[where])
             if bad is not None:
-                raise Problem(f"non-finite state leaf {bad[1]} = {bad[2]} after fit on {where}")
+                advice = ("; FunctionalPredictor.fit_history passes non-finite history values on to fit, so fit "
+                          "must mask them (jnp.isfinite)") if where == _NON_FINITE_HISTORY else ""
+                raise Problem(f"non-finite state leaf {bad[1]} = {bad[2]} after fit on {where}{advice}")
         with _doing("jax.vmap(fit) over 2 states and histories"):
             pairs = [cases["a unit random walk"], cases["a ±1e100 history"]]
             batch = jax.jit(jax.vmap(self._fit))(support.stack([p[0] for p in pairs]),

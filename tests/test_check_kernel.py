@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import io_callback
 from usp.kernel import KernelForecast, KernelSpec, PredictorConfig, Window, pytree
 from usp.plugins.kernel_a import KERNEL_A
 from usp.plugins.kernel_d import KERNEL_D
@@ -85,6 +86,47 @@ def _batch_mean_predict(state, window, config):
         return np.full(values.shape[:-1], values.mean())
     mean = jax.pure_callback(level, jax.ShapeDtypeStruct((), jnp.float64), window.values, vmap_method="broadcast_all")
     return attrs.evolve(_predict(state, window, config), mean=mean)
+
+
+def _batch_aware_predict(state, window, config):
+    """Pure JAX, but Python code that behaves differently when it is traced under vmap."""
+    batched = type(state.last).__name__ == "BatchTracer"
+    return attrs.evolve(_predict(state, window, config), mean=state.last + (1.0 if batched else 0.0))
+
+
+@jax.jit
+def _logged(y):
+    """A jitted helper that hands each value to the host and back: it passes every other check."""
+    return io_callback(lambda x: np.asarray(x), jax.ShapeDtypeStruct((), jnp.float64), y)
+
+
+def _io_callback_update(state, window, config):
+    return _update(state, attrs.evolve(window, values=window.values.at[-1].set(_logged(window.values[-1]))), config)
+
+
+def _debug_print_predict(state, window, config):
+    def body(i):
+        jax.lax.cond(i == 0, lambda: jax.debug.print("tick {}", i), lambda: None)
+        return i + 1
+    jax.lax.while_loop(lambda i: i < 1, body, jnp.int32(0))
+    return _predict(state, window, config)
+
+
+@jax.custom_jvp
+def _host_square(x):
+    return jax.pure_callback(lambda v: np.asarray(v * v), jax.ShapeDtypeStruct((), jnp.float64), x)
+
+
+_host_square.defjvp(lambda primals, tangents: (_host_square(primals[0]), 2 * primals[0] * tangents[0]))
+
+
+def _callback_fit(state, history, config):
+    total, _ = jax.lax.scan(lambda acc, y: (acc + _host_square(y), None), jnp.float64(0.0), history)
+    return attrs.evolve(state, mse=state.mse + 0.0 * total)
+
+
+def _fit_mean(state, history, config):
+    return attrs.evolve(state, last=jnp.mean(history))  # NaN when the history holds one
 
 
 def _nan_on_flat_windows(state, window, config):
@@ -184,11 +226,22 @@ BROKEN = {
                              r"update.*shape or a Python value depends on traced data"),
     "tuple forecast": (attrs.evolve(LAST, predict=_tuple_predict), "jit",
                        r"predict returned tuple, not a KernelForecast"),
-    "host callback": (attrs.evolve(LAST, predict=_callback_predict), "vmap",
-                      r"jax.vmap\(update then predict\).*host callback does not survive jit/vmap"),
-    "batch mean": (attrs.evolve(LAST, predict=_batch_mean_predict), "vmap",
-                   r"update\+predict: row 0 of the vmapped batch differs from the single call: leaf "
-                   r"\.forecast\.mean"),
+    "host callback": (attrs.evolve(LAST, predict=_callback_predict), "no_callbacks",
+                      r"^predict calls the host callback pure_callback \(jax.pure_callback\); kernels must be pure"),
+    "batch mean": (attrs.evolve(LAST, predict=_batch_mean_predict), "no_callbacks",
+                   r"^predict calls the host callback pure_callback \(jax.pure_callback\);"),
+    "io_callback": (attrs.evolve(LAST, update=_io_callback_update), "no_callbacks",
+                    r"^update calls the host callback io_callback \(jax.experimental.io_callback\) inside "
+                    r"jit '_logged';"),
+    "debug print": (attrs.evolve(LAST, predict=_debug_print_predict), "no_callbacks",
+                    r"^predict calls the host callback debug_print \(jax.debug.print\) inside while > cond; "
+                    r".*remove them"),
+    "callback in fit": (attrs.evolve(LAST, fit=_callback_fit), "no_callbacks",
+                        r"^fit calls the host callback pure_callback \(jax.pure_callback\) inside scan > "
+                        r"custom_jvp_call;"),
+    "batch-aware": (attrs.evolve(LAST, predict=_batch_aware_predict), "vmap",
+                    r"update\+predict: row 0 of the vmapped batch differs from the single call: leaf "
+                    r"\.forecast\.mean"),
     "growing state": (KernelSpec("G", lambda c, k: GrowingState(jnp.zeros(1)), _growing_update, _growing_predict),
                       "fixed_shapes", r"update \(tick 0\) changed leaf \.history from float64\[1\] to float64\[2\]"),
     "float counter": (attrs.evolve(LAST, update=_float_counter_update), "fixed_shapes",
@@ -212,6 +265,9 @@ BROKEN = {
                      r"fit on a unit random walk changed leaf \.mse from float64\[\] to float64\[2\]"),
     "fit nan": (attrs.evolve(LAST, fit=_fit_normalises_by_std), "fit",
                 r"non-finite state leaf \.mse = nan after fit on a constant history"),
+    "fit mean of a non-finite history": (attrs.evolve(LAST, fit=_fit_mean), "fit",
+                                         r"non-finite state leaf \.last = nan after fit on a history with NaN and "
+                                         r"±inf entries; FunctionalPredictor.fit_history passes non-finite"),
     "not a spec": ("L", "spec", r"expected a usp.kernel.KernelSpec, got str"),
 }
 

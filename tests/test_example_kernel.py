@@ -101,6 +101,22 @@ def test_fit_history_lets_fit_choose_alpha_after_the_scan(example):
         assert int(fitted.seen) == len(history)  # each value learnt once, by the scan
 
 
+def test_fit_skips_non_finite_history_values(example):
+    """FunctionalPredictor.fit_history passes NaN and ±inf on to fit: the example skips them, so it
+    chooses alpha as on the history without them, and keeps its alpha with too few finite values."""
+    module, _ = example
+    config = check_config(module.EWMA)
+    state = module.init(config, jax.random.PRNGKey(0))
+    walk = np.cumsum(np.random.default_rng(7).normal(size=40))
+    spoilt = np.insert(walk, [0, 10, 10, 25, 40], [np.nan, np.inf, np.nan, -np.inf, np.nan])
+    fit = jax.jit(lambda s, h: module.fit(s, h, config))
+    clean = fit(state, jnp.asarray(walk))
+    assert float(clean.alpha) != module.DEFAULT_ALPHA  # fit chose something on the clean history
+    assert float(fit(state, jnp.asarray(spoilt)).alpha) == float(clean.alpha)
+    mostly_missing = np.where(np.arange(45) % 9 == 0, spoilt, np.nan)  # 5 finite values < MIN_FIT_HISTORY
+    assert float(fit(state, jnp.asarray(mostly_missing)).alpha) == module.DEFAULT_ALPHA
+
+
 @functools.cache
 def _runner(length: int):
     """Jitted: the example's forecasts (mean, scale) on every prefix of a series."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import attrs
 import jax
@@ -22,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from usp.domain import KernelForecast, KernelSpec, PredictorConfig, Window
 from usp.plugins.hookspecs import hookimpl
+from usp.plugins.manager import build_plugin_manager, resolve_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "plugins.md").read_text()
@@ -32,10 +34,19 @@ PLUGIN_MODULES = [ROOT / "tests" / "plugins" / "martingale_kernel.py",
 
 def test_the_kit_is_one_module_with_the_contract_objects():
     assert set(usp.kernel.__all__) == {"FitFn", "InitFn", "KernelForecast", "KernelSpec", "KernelState", "PredictFn",
-                                       "PredictorConfig", "UpdateFn", "Window", "hookimpl", "pytree"}
+                                       "PredictorConfig", "UpdateFn", "Window", "hookimpl", "pytree", "replace"}
     assert usp.kernel.KernelSpec is KernelSpec and usp.kernel.Window is Window
     assert usp.kernel.KernelForecast is KernelForecast and usp.kernel.PredictorConfig is PredictorConfig
     assert usp.kernel.hookimpl is hookimpl
+
+
+def test_replace_copies_a_pytree_instance_with_fields_changed():
+    pair = Pair(level=jnp.float64(1.5), count=jnp.int32(3))
+    moved = usp.kernel.replace(pair, level=jnp.float64(2.5))
+    assert type(moved) is Pair and float(moved.level) == 2.5 and int(moved.count) == 3
+    assert float(pair.level) == 1.5  # the original is untouched
+    with pytest.raises(TypeError):
+        usp.kernel.replace(pair, sigma=jnp.float64(1.0))
 
 
 @pytest.mark.parametrize("path", PLUGIN_MODULES, ids=lambda path: path.name)
@@ -83,7 +94,7 @@ def test_pytree_flatten_unflatten_round_trips_bit_exactly(levels, count):
 USER_CODE = """\
 import jax
 import jax.numpy as jnp
-from usp.kernel import KernelForecast, pytree
+from usp.kernel import KernelForecast, pytree, replace
 
 
 @pytree
@@ -96,12 +107,17 @@ state = MyState(level=jnp.float64(0.0), seen=jnp.int32(0))
 forecast = KernelForecast(mean=state.level, scale=jnp.float64(1.0))
 wrong = KernelForecast(mean=state.level, sigma=jnp.float64(1.0))
 state.level = jnp.float64(1.0)
+moved = replace(state, level=jnp.float64(2.0))
+seen: jax.Array = moved.seen
+sharper = replace(forecast, scale=jnp.float64(0.5)).scale
+count: int = replace(state, seen=jnp.int32(1))
 """
 
 
 def test_mypy_understands_the_pytree_classes_of_a_plugin(tmp_path):
     """mypy on a user's module and on the example plugin: keywords of a @pytree class and of
-    KernelForecast are checked, fields are read-only, and the example plugin is clean."""
+    KernelForecast are checked, fields are read-only, ``replace`` returns the instance's own
+    type, and the example plugin is clean."""
     (tmp_path / "path").mkdir()
     (tmp_path / "path" / "usp").symlink_to(ROOT / "src")  # the installed layout: usp = src/
     (tmp_path / "user_kernel.py").write_text(USER_CODE)
@@ -114,6 +130,8 @@ def test_mypy_understands_the_pytree_classes_of_a_plugin(tmp_path):
     assert errors == [
         'user_kernel.py:14: error: Unexpected keyword argument "sigma" for "KernelForecast"  [call-arg]',
         'user_kernel.py:15: error: Property "level" defined in "MyState" is read-only  [misc]',
+        'user_kernel.py:19: error: Incompatible types in assignment (expression has type "MyState", variable has '
+        'type "int")  [assignment]',
     ], checked.stdout + checked.stderr
 
 
@@ -122,8 +140,8 @@ def _normalised(text: str) -> str:
 
 
 PUBLIC = [usp.kernel.KernelSpec, usp.kernel.Window, usp.kernel.KernelForecast, usp.kernel.pytree,
-          usp.testing.check_kernel, usp.testing.check_config, usp.testing.KernelCheckReport,
-          usp.testing.KernelCheckError]
+          usp.kernel.replace, usp.testing.check_kernel, usp.testing.check_config, usp.testing.KernelCheckReport,
+          usp.testing.KernelCheckError, build_plugin_manager, resolve_kernels]
 
 
 @pytest.mark.parametrize("obj", PUBLIC, ids=lambda obj: obj.__name__)
@@ -150,3 +168,27 @@ def test_the_fit_contract_is_documented_where_kernel_authors_read_it():
     assert textwrap.dedent("""
         - It must **not** replay `update` over the history: the scan already did, and the kernel would
           learn the history twice.""") in DOC
+
+
+def _doc_block(heading: str) -> str:
+    """The first python block of docs/plugins.md under ``## heading``."""
+    section = DOC.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_example_of_an_uninstalled_kernel_runs(monkeypatch):
+    """Both ways of trying a kernel that is not installed, as the docs show them, with the example
+    module on sys.path and no entry point for it (the predictors skip their warm-up compilation)."""
+    from usp.application.functional import FunctionalPredictor
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "usp-ewma-kernel"))
+    monkeypatch.setattr(FunctionalPredictor, "warm_up", lambda self, state: None)
+    code = _doc_block("Trying a kernel without packaging it")
+    assert "kernels=[usp_ewma_kernel.EWMA]" in code and "plugin_manager=build_plugin_manager([usp_ewma_kernel])" in code
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    ewma = namespace["usp_ewma_kernel"].EWMA
+    alone, mixed = namespace["alone"].functional, namespace["mixed"].functional
+    assert alone.kernel_names == ("EWMA",) and alone.kernels[0] is ewma
+    assert mixed.kernel_names == ("A", "EWMA") and mixed.kernels[1].update is ewma.update
+    assert mixed.kernels[1].source == "usp_ewma_kernel"  # registered as a module, not a distribution

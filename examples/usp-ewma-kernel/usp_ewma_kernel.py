@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from usp.kernel import KernelForecast, KernelSpec, PredictorConfig, Window, hookimpl, pytree
+from usp.kernel import KernelForecast, KernelSpec, PredictorConfig, Window, hookimpl, pytree, replace
 
 #: Smoothing constant until ``fit`` chooses one.
 DEFAULT_ALPHA = 0.3
@@ -55,21 +55,27 @@ def predict(state: EWMAState, window: Window, config: PredictorConfig) -> Kernel
 
 
 def fit(state: EWMAState, history: jax.Array, config: PredictorConfig) -> EWMAState:
-    """Choose alpha on the whole history; the level and the error scale stay the scan's."""
+    """Choose alpha on the finite values of the whole history (the functional API passes NaN and
+    ±inf on: they are skipped); the level and the error scale stay the scan's."""
     del config
     if history.shape[0] < MIN_FIT_HISTORY:  # a static shape: Python control flow is fine here
         return state
-    x = history / jnp.maximum(jnp.max(jnp.abs(history)), 1e-300)  # scale-free, cannot overflow
+    finite = jnp.isfinite(history)
+    clean = jnp.where(finite, history, 0.0)
+    x = clean / jnp.maximum(jnp.max(jnp.abs(clean)), 1e-300)  # scale-free, cannot overflow
     alphas = jnp.asarray(ALPHA_GRID)
 
-    def smooth(carry: tuple[jax.Array, jax.Array], y: jax.Array) -> tuple[tuple[jax.Array, jax.Array], None]:
+    def smooth(carry: tuple[jax.Array, jax.Array], step: tuple[jax.Array, jax.Array]
+               ) -> tuple[tuple[jax.Array, jax.Array], None]:
         levels, sse = carry
-        error = y - levels
+        y, keep = step
+        error = jnp.where(keep, y - levels, 0.0)  # a skipped value leaves levels and sse as they are
         return (levels + alphas * error, sse + error**2), None
 
-    start = (jnp.full_like(alphas, x[0]), jnp.zeros_like(alphas))
-    (_, sse), _ = jax.lax.scan(smooth, start, x[1:])
-    return EWMAState(level=state.level, error_var=state.error_var, alpha=alphas[jnp.argmin(sse)], seen=state.seen)
+    start = (jnp.full_like(alphas, x[jnp.argmax(finite)]), jnp.zeros_like(alphas))  # the first finite value
+    (_, sse), _ = jax.lax.scan(smooth, start, (x, finite))
+    enough = jnp.sum(finite) >= MIN_FIT_HISTORY  # else keep the state's alpha
+    return replace(state, alpha=jnp.where(enough, alphas[jnp.argmin(sse)], state.alpha))
 
 
 EWMA = KernelSpec(name="EWMA", init=init, update=update, predict=predict, fit=fit,
