@@ -27,7 +27,7 @@ import numpy as np
 from .adapters.clocks import ReplayClock
 from .adapters.csv_reader import NS_PER_SECOND, TIMESTAMP_MAX_NS
 from .application.config_file import load_config
-from .application.results import result_from_output
+from .application.results import OutputColumns, result_from_output
 from .application.tick_reports import report_tick_events
 from .application.types import (
     OperatingMode,
@@ -69,14 +69,15 @@ _ARRAY_EQ = attrs.cmp_using(eq=_same_array)
 
 
 @attrs.frozen(unsafe_hash=False)
-class BacktestResult:
+class BacktestResult(OutputColumns):
     """The walk-forward score of a replay (every figure of ``usp run``'s summary) and its ticks.
 
     Two results are equal when every figure and every per-tick array is equal (NaN equal to
     NaN); ``ticks_per_second`` (wall-clock) is not compared. Not hashable (it holds arrays).
 
-    **Definitions.** With T ticks, ``y[t] = values[t]``, ``ŷ[t] = predictions[t]`` (the forecast
-    made at tick t for the next tick), ``[lo[t], hi[t]] = [lower[t], upper[t]]``, and tick t
+    **Definitions.** With T ticks, ``y[t] = values[t]``, ``ŷ[t] = reference_prediction[t]`` (the
+    forecast made at tick t for the next tick), ``[lo[t], hi[t]] = [confidence_lower[t],
+    confidence_upper[t]]``, and tick t
     *accepted* when its event bits hold no rejection (``EventCode.rejected()``), the scored
     pairs are the one-step-ahead pairs (t, t+1), 0 ≤ t < T − 1, with
 
@@ -138,39 +139,9 @@ class BacktestResult:
 
     # -- per-tick views (float64[T] unless stated) ---------------------------------------------
     @property
-    def predictions(self) -> np.ndarray:
-        """The forecast made at each tick for the next one (signal units)."""
-        return self.outputs[:, Out.PREDICTION]
-
-    @property
-    def lower(self) -> np.ndarray:
-        """Lower bound of each forecast's prediction interval (signal units)."""
-        return self.outputs[:, Out.LOWER]
-
-    @property
-    def upper(self) -> np.ndarray:
-        """Upper bound of each forecast's prediction interval (signal units)."""
-        return self.outputs[:, Out.UPPER]
-
-    @property
-    def modes(self) -> np.ndarray:
-        """int32[T] operating modes (``OperatingMode``: 0 inference, 1 calibration, 2 diagnostic)."""
-        return self.outputs[:, Out.MODE].astype(np.int32)
-
-    @property
-    def events(self) -> np.ndarray:
-        """int64[T] event bits of each tick (``EventCode`` flags; ``result(t)`` decodes them)."""
-        return self.outputs[:, Out.EVENTS].astype(np.int64)
-
-    @property
     def accepted(self) -> np.ndarray:
         """bool[T]: the tick was not rejected."""
         return (self.events & int(EventCode.rejected())) == 0
-
-    @property
-    def weights(self) -> np.ndarray:
-        """float64[T, K] kernel weights (on the simplex), in ``kernel_names`` order."""
-        return self.outputs[:, Out.SIZE:Out.SIZE + len(self.kernel_names)]
 
     def result(self, tick: int) -> PredictionResult:
         """The full ``PredictionResult`` of one tick (telemetry and decoded events included)."""
@@ -183,8 +154,9 @@ class BacktestResult:
         import pandas as pd
 
         frame = pd.DataFrame(
-            {"value": self.values, "prediction": self.predictions, "lower": self.lower, "upper": self.upper,
-             "mode": pd.Categorical([OperatingMode.to_string(mode) for mode in self.modes],
+            {"value": self.values, "prediction": self.reference_prediction, "lower": self.confidence_lower,
+             "upper": self.confidence_upper,
+             "mode": pd.Categorical([OperatingMode.to_string(mode) for mode in self.operating_mode],
                                     categories=["inference", "calibration", "diagnostic"]),
              **{f"weight_{name}": self.weights[:, i] for i, name in enumerate(self.kernel_names)},
              "regime_change": self.outputs[:, Out.REGIME_CHANGE] > 0,

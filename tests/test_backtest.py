@@ -145,15 +145,17 @@ def test_rejected_ticks_are_counted_as_usp_run_counts_them(co2, prefix):
 
 def test_the_result_holds_the_per_tick_outputs(prefix):
     n = prefix.ticks
-    for name in ("predictions", "lower", "upper"):
+    for name in ("reference_prediction", "confidence_lower", "confidence_upper"):
         array = getattr(prefix, name)
         assert array.shape == (n,) and array.dtype == np.float64
-    assert np.all(prefix.lower <= prefix.predictions) and np.all(prefix.predictions <= prefix.upper)
-    assert prefix.modes.shape == (n,) and set(np.unique(prefix.modes)) <= {0, 1, 2} and prefix.modes[0] == 1
+    assert np.all(prefix.confidence_lower <= prefix.reference_prediction)
+    assert np.all(prefix.reference_prediction <= prefix.confidence_upper)
+    modes = prefix.operating_mode
+    assert modes.shape == (n,) and set(np.unique(modes)) <= {0, 1, 2} and modes[0] == 1
     assert prefix.events.dtype == np.int64 and prefix.weights.shape == (n, len(prefix.kernel_names))
     np.testing.assert_allclose(prefix.weights.sum(axis=1), 1.0, rtol=1e-9)
     tick = prefix.result(250)
-    assert tick.reference_prediction == prefix.predictions[250] and tick.mode == "inference"
+    assert tick.reference_prediction == prefix.reference_prediction[250] and tick.mode == "inference"
     with pytest.raises(ValueError, match="read-only"):
         prefix.values[0] = 0.0
     # equality ignores the throughput; the result holds arrays, so it is not hashable

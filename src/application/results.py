@@ -11,38 +11,51 @@ from ..domain._core import Out
 from .types import PredictionResult, Telemetry, decode_events
 
 
+class OutputColumns:
+    """Column views over stacked output vectors ``outputs`` (float64[R, Out.length(n, k)], one
+    row per asset or per tick) of the kernels ``kernel_names``, named as ``PredictionResult``."""
+
+    outputs: np.ndarray
+    kernel_names: tuple[str, ...]
+
+    @property
+    def reference_prediction(self) -> np.ndarray:
+        """float64[R] forecast of the next value (signal units)."""
+        return self.outputs[:, Out.PREDICTION]
+
+    @property
+    def confidence_lower(self) -> np.ndarray:
+        """float64[R] lower bound of the prediction interval (signal units)."""
+        return self.outputs[:, Out.LOWER]
+
+    @property
+    def confidence_upper(self) -> np.ndarray:
+        """float64[R] upper bound of the prediction interval (signal units)."""
+        return self.outputs[:, Out.UPPER]
+
+    @property
+    def operating_mode(self) -> np.ndarray:
+        """int32[R] ``OperatingMode`` codes: 0 inference, 1 calibration, 2 diagnostic."""
+        return self.outputs[:, Out.MODE].astype(np.int32)
+
+    @property
+    def events(self) -> np.ndarray:
+        """int64[R] ``EventCode`` bits."""
+        return self.outputs[:, Out.EVENTS].astype(np.int64)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """float64[R, n] kernel weights (on the simplex), in ``kernel_names`` order."""
+        return self.outputs[:, Out.SIZE:Out.SIZE + len(self.kernel_names)]
+
+
 @attrs.frozen
-class BatchPrediction:
+class BatchPrediction(OutputColumns):
     """Results of ``step_batch``: arrays over assets, with PredictionResult views per asset."""
 
     outputs: np.ndarray  # float64[N, Out.length(n, k)]
     kernel_names: tuple[str, ...]
     timestamps_ns: np.ndarray
-
-    @property
-    def reference_prediction(self) -> np.ndarray:
-        return self.outputs[:, Out.PREDICTION]
-
-    @property
-    def confidence_lower(self) -> np.ndarray:
-        return self.outputs[:, Out.LOWER]
-
-    @property
-    def confidence_upper(self) -> np.ndarray:
-        return self.outputs[:, Out.UPPER]
-
-    @property
-    def operating_mode(self) -> np.ndarray:
-        return self.outputs[:, Out.MODE].astype(np.int32)
-
-    @property
-    def events(self) -> np.ndarray:
-        return self.outputs[:, Out.EVENTS].astype(np.int64)
-
-    @property
-    def weights(self) -> np.ndarray:
-        n = len(self.kernel_names)
-        return self.outputs[:, Out.SIZE:Out.SIZE + n]
 
     def __len__(self) -> int:
         return self.outputs.shape[0]
