@@ -16,11 +16,33 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import MutableMapping
 
-for _name, _value in (("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.7"),
-                      ("XLA_PYTHON_CLIENT_ALLOCATOR", "platform"),
-                      ("TF_FORCE_GPU_ALLOW_GROWTH", "true")):
-    os.environ.setdefault(_name, _value)
+#: The GPU memory settings of spec §5, as environment defaults: cap JAX's share of device memory
+#: at 70%, allocate and free on demand (no preallocated arena to fragment; with the ``platform``
+#: allocator nothing is preallocated), and turn TensorFlow-style growth on. They only matter on
+#: GPU hosts and must be in the environment before JAX starts a backend.
+MEMORY_SETTINGS: dict[str, str] = {
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.7",
+    "XLA_PYTHON_CLIENT_ALLOCATOR": "platform",
+    "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+}
+
+
+def apply_memory_settings(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Put :data:`MEMORY_SETTINGS` into ``environ`` where the user has not set them (a value
+    already there, even an empty one, is kept). Returns the settings now in force, by name.
+
+    Importing USP applies them to ``os.environ`` before JAX is imported; calling it again is
+    harmless. JAX reads them when it starts its GPU backend, so settings changed later do not
+    affect a running process.
+    """
+    for name, value in MEMORY_SETTINGS.items():
+        environ.setdefault(name, value)
+    return {name: environ[name] for name in MEMORY_SETTINGS}
+
+
+apply_memory_settings()
 
 import jax  # noqa: E402
 
