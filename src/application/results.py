@@ -44,6 +44,16 @@ class OutputColumns:
         return self.outputs[:, Out.EVENTS].astype(np.int64)
 
     @property
+    def emergency_mode(self) -> np.ndarray:
+        """bool[R] circuit breaker in emergency mode after the tick."""
+        return self.outputs[:, Out.EMERGENCY] != 0.0
+
+    @property
+    def degraded_inference_mode(self) -> np.ndarray:
+        """bool[R] degraded inference mode (staleness or a frozen signal) after the tick."""
+        return self.outputs[:, Out.DEGRADED] != 0.0
+
+    @property
     def weights(self) -> np.ndarray:
         """float64[R, n] kernel weights (on the simplex), in ``kernel_names`` order."""
         return self.outputs[:, Out.SIZE:Out.SIZE + len(self.kernel_names)]

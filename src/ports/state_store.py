@@ -153,8 +153,54 @@ class StateStore(Protocol):
         ...
 
 
+#: Bytes of an asset id's UTF-8 form kept verbatim in :func:`asset_key` (every other byte is escaped).
+_VERBATIM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-=@+:")
+#: Longest key a store accepts.
+MAX_KEY_LENGTH = 200
+_SHORT_PREFIX, _LONG_PREFIX = "asset=", "asset:"
+#: Escaped characters kept in front of the digest of an id too long for a plain key.
+_LONG_HEAD = MAX_KEY_LENGTH - len(_LONG_PREFIX) - 1 - 2 * hashlib.sha256().digest_size
+
+
+def _escape(asset_id: str) -> str:
+    """Upper-case letters, digits and ``_ . - = @ + :`` kept; every other UTF-8 byte (lower-case
+    letters, ``^`` and ``/`` included) written ``^XX`` with upper-case hex digits."""
+    data = asset_id.encode("utf-8", "surrogatepass")
+    return "".join(chr(byte) if byte in _VERBATIM else f"^{byte:02X}" for byte in data)
+
+
+def asset_key(asset_id: str) -> str:
+    """The store key of an asset: deterministic, injective, and always a valid store key.
+
+    ``asset=`` followed by the escaped UTF-8 bytes of the id (upper-case ASCII letters, digits
+    and ``_ . - = @ + :`` kept, every other byte ``^XX``, so ``EUR/USD`` -> ``asset=EUR^2FUSD``
+    and ``^`` -> ``asset=^5E``). The escape is a prefix code, so distinct ids give distinct keys;
+    a key holds no lower-case letter after its prefix, so keys stay distinct on a case-insensitive
+    file system too; no key holds a separator or starts with a dot, so none leaves its store.
+
+    An id whose key would exceed 200 characters gets ``asset:``, the first escaped characters (up
+    to 129, cut at a whole escape) and ``:`` and the upper-case SHA-256 hex digest of its UTF-8
+    bytes: distinct from every short key by its prefix, and from other long keys unless SHA-256
+    collides.
+
+    :raises SnapshotKeyError: ``asset_id`` is not a ``str``.
+    """
+    if not isinstance(asset_id, str):
+        raise SnapshotKeyError(f"an asset id is a str, got {type(asset_id).__name__}")
+    escaped = _escape(asset_id)
+    if len(_SHORT_PREFIX) + len(escaped) <= MAX_KEY_LENGTH:
+        return _SHORT_PREFIX + escaped
+    head = escaped[:_LONG_HEAD]
+    caret = head.rfind("^", max(0, len(head) - 2))
+    if caret >= 0:  # an escape cut short: drop its remains
+        head = head[:caret]
+    digest = hashlib.sha256(asset_id.encode("utf-8", "surrogatepass")).hexdigest().upper()
+    return f"{_LONG_PREFIX}{head}:{digest}"
+
+
 __all__ = [
-    "DEFAULT_MAX_BLOB_BYTES", "DIGEST_ALGORITHM", "DIGEST_HEX_LEN", "CorruptedSnapshotEvent", "EventCallback",
-    "InsufficientStorageError", "InsufficientStorageEvent", "SnapshotKeyError", "SnapshotReadError",
-    "SnapshotWriteError", "SnapshotWriteFailedEvent", "StateStore", "StoreEvent", "blob_problem", "seal", "verify_blob",
+    "DEFAULT_MAX_BLOB_BYTES", "DIGEST_ALGORITHM", "DIGEST_HEX_LEN", "MAX_KEY_LENGTH", "CorruptedSnapshotEvent",
+    "EventCallback", "InsufficientStorageError", "InsufficientStorageEvent", "SnapshotKeyError", "SnapshotReadError",
+    "SnapshotWriteError", "SnapshotWriteFailedEvent", "StateStore", "StoreEvent", "asset_key", "blob_problem", "seal",
+    "verify_blob",
 ]
