@@ -13,7 +13,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from usp import ConfigError, DomainError, TimestampError, USPError
-from usp.adapters.csv_reader import HeaderRow, read_observations
+from usp.adapters.csv_reader import (
+    MAX_ASSET_CHARS,
+    HeaderRow,
+    TickFields,
+    excerpt,
+    is_utf16,
+    read_observations,
+    undecodable,
+)
 
 BOM = "\ufeff"
 
@@ -228,3 +236,111 @@ def _not_a_number(cell: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+# --- ticks of many assets (``asset,timestamp,value``): the same cell rules ---------------------------
+
+
+def test_tick_fields_read_assets_timestamps_and_values():
+    fields = TickFields()
+    assert fields.csv_tick(" EUR/USD ,2024-01-01T00:00:00.5+01:00, 1.25 ") == ("EUR/USD", 1_704_063_600_500_000_000,
+                                                                               1.25)
+    assert fields.csv_tick('"a,""b""",17,-3') == ('a,"b"', 17, -3.0)
+    assert fields.asset(BOM + "BTC") == "BTC" and fields.asset("x" * MAX_ASSET_CHARS) == "x" * 200
+    assert math.isnan(fields.value("nan")) and fields.value(" -inf ") == -math.inf  # numbers, not malformed
+    assert fields.timestamp("2024-01-01T00:00:00Z") == fields.timestamp("2024-01-01T00:00:00Z") == 1_704_067_200 * 10**9
+
+
+@pytest.mark.parametrize(("line", "error", "message"), [
+    ("A,1", DomainError, r"2 field\(s\), expected 3: asset,timestamp,value"),
+    (" ,1,2", DomainError, "empty asset id"),
+    ("x" * 201 + ",1,2", DomainError, "asset id of 201 characters"),
+    ("A\tB,1,2", DomainError, "holds control characters"),
+    ("A\x85B,1,2", DomainError, "holds control characters"),
+    ("A,2024-01-01T00:00:00,2", TimestampError, "has no timezone"),
+    ("A,soon,2", DomainError, "cannot parse timestamp 'soon'"),
+    ("A," + "1" * 100 + ",2", TimestampError, r"'1{80}'… cannot be read exactly"),
+    ("A,1,1O0.5", DomainError, "value '1O0.5' is not a number"),
+    ("A,1," + "z" * 100, DomainError, r"value 'z{80}'… is not a number"),
+    ('A,1,"2', DomainError, "not readable as CSV"),
+])
+def test_tick_fields_refuse_bad_cells_with_a_short_reason(line, error, message):
+    with pytest.raises(error, match=message) as caught:
+        TickFields().csv_tick(line)
+    assert len(str(caught.value)) < 300
+
+
+def test_a_tick_header_is_what_a_two_column_header_is():
+    assert TickFields.is_csv_header("asset,timestamp,value")
+    assert TickFields.is_csv_header(BOM + "id , time , price")
+    assert not TickFields.is_csv_header("A,2024-01-01T00:00:00Z,price")  # a tick with a bad value
+    assert not TickFields.is_csv_header("A,2024-01-01T00:00:00,price")   # a naive timestamp is still one
+    assert not TickFields.is_csv_header("asset,timestamp,1.5")
+    assert not TickFields.is_csv_header("asset,value")
+
+
+def test_tick_helpers():
+    assert excerpt("abc") == "'abc'" and excerpt("y" * 81) == repr("y" * 80) + "…"
+    assert undecodable("é".encode()) is None
+    assert undecodable(b"ab\xff") == ("not UTF-8 text (byte 0xFF at column 3); save the file as UTF-8, the only "
+                                      "encoding read")
+    assert is_utf16("x".encode("utf-16")) and not is_utf16(b"\xef\xbb\xbfx")
+
+
+_PLAIN_CELLS = _CELLS.filter(lambda cell: not set(cell) & set(',"\r\n'))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stamp=_PLAIN_CELLS, value=_PLAIN_CELLS)
+def test_a_tick_row_reads_its_cells_as_a_timestamped_row_of_usp_run_does(tmp_path, stamp, value):
+    """The one reader: ``asset,T,V`` gives the timestamp and value that ``T,V`` gives ``usp run``,
+    or both refuse it."""
+    path = tmp_path / "row.csv"
+    path.write_text(f"timestamp,value\n{stamp},{value}\n", encoding="utf-8")
+    try:
+        expected = list(read_observations(path, 1.0))
+    except USPError:
+        expected = None
+    try:
+        asset, got_stamp, got_value = TickFields().csv_tick(f"A,{stamp},{value}")
+    except USPError:
+        assert expected is None or len(expected) == 0
+        return
+    assert expected is not None and len(expected) == 1 and asset == "A"
+    assert got_stamp == expected[0][0] and _same(got_value, expected[0][1])
+
+
+def _field(low: int, high: int, width: int = 2) -> st.SearchStrategy[str]:
+    """Mostly in ``[low, high]``, sometimes any ``width`` digits (out of range)."""
+    return st.one_of(st.integers(low, high), st.integers(low, high), st.integers(0, 10**width - 1)).map(
+        lambda n: f"{n:0{width}d}")
+
+
+_ZONES = st.one_of(st.just("Z"), st.just("+05:30"),
+                   st.tuples(st.sampled_from("+-"), _field(0, 23), _field(0, 59)).map("{0[0]}{0[1]}:{0[2]}".format),
+                   st.sampled_from(["", "z", "+0530", "+05:30:15"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(date=st.tuples(_field(1677, 2262, 4), _field(1, 12), _field(1, 31)).map("-".join),
+       clock=st.tuples(_field(0, 23), _field(0, 59), _field(0, 59)).map(":".join),
+       fraction=st.text("0123456789", max_size=11), zone=_ZONES, separator=st.sampled_from("TTT t"))
+@example(date="2024-02-29", clock="23:59:59", fraction="999999999", zone="+23:59", separator="T")
+@example(date="2023-02-29", clock="00:00:00", fraction="", zone="Z", separator="T")
+def test_the_fast_rfc3339_reading_agrees_with_the_general_one(date, clock, fraction, zone, separator):
+    from usp.adapters.csv_reader import _iso_ns, _rfc3339_ns
+
+    text = f"{date}{separator}{clock}{'.' + fraction if fraction else ''}{zone}"
+    fast = _rfc3339_ns(text)
+    if fast is not None:  # (None: the general reading decides, e.g. "+05:75", which it reads as +06:15)
+        assert fast == _iso_ns(text)
+    elif separator == "T" and zone in ("Z", "+05:30") and len(fraction) <= 9 and _iso_ns(text) is not None:
+        assert int(clock[:2]) > 23 or int(clock[3:5]) > 59 or int(clock[6:]) > 59  # only out-of-range fields
+
+
+def test_the_fast_rfc3339_reading_takes_the_common_shapes():
+    from usp.adapters.csv_reader import _rfc3339_ns
+
+    assert _rfc3339_ns("2024-01-01T00:00:00Z") == 1_704_067_200 * 10**9
+    assert _rfc3339_ns("2024-01-01T05:30:00.000000001+05:30") == 1_704_067_200 * 10**9 + 1
+    assert _rfc3339_ns("2024-01-01T00:00:00+05:75") is None  # left to fromisoformat
