@@ -2,6 +2,9 @@
 
     usp --version                # "usp <version>" of the installed distribution
     usp [--debug] run DATA.csv [--config config.toml] [--out predictions.csv] [--plot report.png]
+    usp [--debug] serve --source SPEC [--sink SPEC ...] [--config config.toml] [--metrics-port N]
+              [--snapshot-every S] [--grace-seconds S] [--follow] [--max-batch N]
+                                 # the long-lived service (docs/service.md)
     usp kernels list             # installed kernels, and plugins that failed to load
     usp config defaults          # the documented default config.toml on stdout
     usp config check FILE        # validate a config file exactly as building a predictor does
@@ -9,7 +12,9 @@
 Exit status: 0 on success; 2 for an expected failure (bad data, config or option, an I/O error,
 a JAX backend that does not start), reported as one ``usp: error:`` line on stderr (``--debug``
 adds the traceback); 1 with a traceback for anything unexpected; 130 when interrupted. Outputs
-are replaced atomically, so a failed run leaves existing files as they were.
+are replaced atomically, so a failed run leaves existing files as they were. ``usp serve`` exits 0
+after a graceful shutdown, 124 when the shutdown outlasts ``--grace-seconds`` and 128 + N when a
+second signal N arrives (``usp._cli_serve``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from . import _jax_setup
 from ._backtest import BacktestResult
@@ -165,6 +171,51 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from . import _cli_serve
+
+    _jax_setup.apply_memory_settings()  # (already applied when usp was imported; a no-op then)
+    config = load_config(args.config) if args.config else PredictorConfig()
+    options = _cli_serve.ServeOptions(source=args.source, sinks=tuple(args.sink or ("-",)),
+                                      metrics_port=args.metrics_port, metrics_assets=tuple(args.metrics_asset or ()),
+                                      snapshot_every_s=args.snapshot_every, grace_seconds=args.grace_seconds,
+                                      follow=args.follow, max_batch=args.max_batch)
+    _cli_serve.check_options(options, args.config)
+    _enable_cache()
+    _jax_setup.check_backend()
+    return _cli_serve.serve(options, config)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds > 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is 0 (any free port) to 65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
+
+
 def version() -> str:
     """The installed distribution's version (``importlib.metadata``), else the package's
     ``__version__``, else ``"unknown"`` (a source tree that was never installed)."""
@@ -196,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--plot", type=Path, help="report image to draw; the suffix names the format: "
                             + ", ".join(f".{f}" for f in PLOT_FORMATS))
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_serve_parser(commands, debug)
     kernels = commands.add_parser("kernels", help="installed kernels", parents=[debug])
     kernels.add_argument("action", choices=["list"])
     config = commands.add_parser("config", help="configuration helpers", parents=[debug])
@@ -208,6 +260,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_serve_parser(commands: Any, debug: argparse.ArgumentParser) -> None:
+    endpoints = ("a .csv or .jsonl file, - (stdin/stdout, JSON lines on stdout), or "
+                 "redis://HOST:PORT/DB?stream=NAME")
+    serve = commands.add_parser(
+        "serve", parents=[debug], help="run as a service: ticks from a source, predictions to sinks",
+        description="Serve predictions for many assets until the source ends (a replayed file) or SIGTERM/SIGINT. "
+                    "Records are asset,timestamp,value (RFC 3339 with an offset, or integer UTC nanoseconds). "
+                    "See docs/service.md.",
+        epilog="Exit status: 0 after the source ended or a graceful shutdown; 2 bad flags, config or "
+               "endpoints (one line); 124 the shutdown outlasted --grace-seconds; 128+N a second signal N.")
+    serve.add_argument("--config", type=Path, help="config.toml (defaults if omitted)")
+    serve.add_argument("--source", required=True, metavar="SPEC",
+                       help=f"where ticks come from: {endpoints} (a Redis source adds &group=NAME "
+                            "[&consumer=NAME])")
+    serve.add_argument("--sink", action="append", metavar="SPEC",
+                       help=f"where predictions go, repeatable: {endpoints} (default: -)")
+    serve.add_argument("--metrics-port", type=_port, metavar="PORT",
+                       help="serve Prometheus /metrics on this port (0: any free port, printed on stderr)")
+    serve.add_argument("--metrics-asset", action="append", metavar="ASSET",
+                       help="also export this asset's kernel weights (repeatable; keep the set small)")
+    serve.add_argument("--snapshot-every", type=_positive_seconds, metavar="SECONDS",
+                       help="snapshot every asset's state this often (default: every 60 s for a live "
+                            "source, final snapshot only for a replayed file; a final snapshot is always written)")
+    serve.add_argument("--grace-seconds", type=_positive_seconds, default=25.0, metavar="SECONDS",
+                       help="after SIGTERM/SIGINT, exit 124 if shutting down takes longer (default: 25)")
+    serve.add_argument("--follow", action="store_true",
+                       help="keep reading a file source as it grows (it is then live: wall-clock time)")
+    serve.add_argument("--max-batch", type=_positive_int, default=4096, metavar="N",
+                       help="most ticks per micro-batch (default: 4096)")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "kernels":
         return _kernels_list()
@@ -216,6 +299,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _config_check(args.file)
         sys.stdout.write(default_config_toml() if args.action == "defaults" else config_reference_markdown())
         return 0
+    if args.command == "serve":
+        return _serve(args)
     return _run(args)
 
 

@@ -18,6 +18,12 @@ with ``container.py``, is where they are chosen, in this order:
    ``[io] storage_kind`` selects through the container (a file store under ``snapshot_path`` by
    default), paths to a file store rooted at their directory.
 
+``build_service`` assembles ``usp serve`` (the service core, ``usp.application.service``) from
+a config and the command's flags: the source and sinks of their specs and the telemetry sinks
+(through ``container.ServeContainer``), the bounded telemetry queue, the predictor on a replay
+clock for a replayed file and on the system clock for a live source, the snapshot store of
+``[io] storage_kind`` and the device memory monitor.
+
 ``FunctionalPredictor`` and ``UniversalPredictor`` here are the public constructors (exported as
 ``usp.FunctionalPredictor`` / ``usp.UniversalPredictor``): subclasses of the application classes
 whose ``__init__`` fills in those defaults and passes everything explicitly.
@@ -25,12 +31,16 @@ whose ``__init__`` fills in those defaults and passes everything explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import attrs
 import jax
+from dependency_injector import providers
 
-from .adapters.clocks import SystemClock
+from .adapters.clocks import ReplayClock, SystemClock
 from .adapters.secrets import load_credentials
 from .adapters.stores import FileStore, check_key
 from .application._load_shedding import LoadSheddingController
@@ -38,11 +48,14 @@ from .application.batching import BATCH_CHUNK
 from .application.functional import FunctionalPredictor as ExplicitFunctionalPredictor
 from .application.snapshot_session import SnapshotStores
 from .application.universal import UniversalPredictor as ExplicitUniversalPredictor
-from .container import store_for_config
+from .container import ServeContainer, store_for_config
 from .domain import ConfigError, KernelSpec, PredictorConfig
 from .plugins.manager import resolve_kernels
 from .ports import Clock
+from .ports.ingestion import MalformedObservationEvent, ObservationSource
+from .ports.prediction_sink import PredictionSink
 from .ports.state_store import DIGEST_ALGORITHM
+from .ports.telemetry import MalformedTelemetry
 
 
 def platform_device(config: PredictorConfig) -> jax.Device:
@@ -136,5 +149,161 @@ class UniversalPredictor(ExplicitUniversalPredictor):
         super().__init__(functional, snapshot_stores(functional.config), load_shedding=load_shedding)
 
 
-__all__ = ["FunctionalPredictor", "UniversalPredictor", "check_runtime", "configured_store", "platform_device",
-           "snapshot_stores"]
+#: Snapshot period (s) of a live source when none is asked for: a broker source acknowledges its
+#: entries only once a snapshot covers them, so a live service always snapshots on a schedule.
+LIVE_SNAPSHOT_EVERY_S = 60.0
+#: Seconds ``ServiceAssembly.finish`` waits, by default, for the telemetry sinks to drain.
+TELEMETRY_DRAIN_S = 2.0
+
+
+@attrs.define(eq=False)
+class ServiceAssembly:
+    """Everything ``usp serve`` runs, as :func:`build_service` wired it.
+
+    Lifecycle: :meth:`run` (once), then :meth:`finish` (drain the telemetry, close the sinks and
+    the source), then :meth:`close` (stop the ``/metrics`` endpoint). ``close`` alone does both.
+    """
+
+    service: Any                         #: usp.application.service.Service
+    functional: ExplicitFunctionalPredictor
+    source: ObservationSource
+    sinks: tuple[PredictionSink, ...]
+    store: Any                           #: the StateStore of [io] storage_kind (or the one given)
+    telemetry: Any                       #: usp.application.telemetry_queue.TelemetryQueue
+    prometheus: Any                      #: PrometheusTelemetry, or None without a metrics port
+    metrics_port: int | None             #: the bound port of /metrics (None: no endpoint)
+    monitor: Any                         #: DeviceMemoryMonitor (inactive on CPU-only hosts)
+    snapshot_every_s: float | None       #: the snapshot period in force (None: final snapshot only)
+    _finished: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    @property
+    def live(self) -> bool:
+        """Whether the source is live (the predictor then runs on the system clock)."""
+        return bool(self.source.live)
+
+    def run(self, stop: threading.Event) -> Any:
+        """Serve until the source ends or ``stop`` is set; returns the service's ``ServeSummary``.
+        The device memory monitor runs meanwhile."""
+        self.monitor.start()
+        try:
+            return self.service.run(stop)
+        finally:
+            self.monitor.stop()
+
+    def finish(self, telemetry_timeout_s: float = TELEMETRY_DRAIN_S) -> bool:
+        """Stop the monitor, let the telemetry sinks drain (at most ``telemetry_timeout_s``
+        seconds), close the sinks (flushing them) and the source; idempotent. ``/metrics`` keeps
+        serving until :meth:`close`. Returns whether the telemetry drained in time."""
+        if self._finished:
+            return True
+        self._finished = True
+        self.monitor.stop()
+        drained = bool(self.telemetry.close(telemetry_timeout_s))
+        with contextlib.ExitStack() as closing:  # every close runs, the first error is raised
+            closing.callback(self.source.close)
+            for sink in reversed(self.sinks):
+                closing.callback(sink.close)
+        return drained
+
+    def close(self, telemetry_timeout_s: float = TELEMETRY_DRAIN_S) -> bool:
+        """:meth:`finish`, then stop the ``/metrics`` endpoint; idempotent."""
+        try:
+            return self.finish(telemetry_timeout_s)
+        finally:
+            if not self._closed:
+                self._closed = True
+                if self.prometheus is not None:
+                    self.prometheus.close()
+
+
+def build_service(config: PredictorConfig, *, source: str, sinks: Sequence[str] = ("-",), follow: bool = False,
+                  metrics_port: int | None = None, metrics_addr: str = "0.0.0.0",
+                  metrics_assets: Sequence[str] = (), snapshot_every_s: float | None = None,
+                  max_batch: int = 4096, store: Any = None, stdin: Any = None, stdout: Any = None,
+                  device_memory_interval_s: float = 5.0, kernels: Iterable[KernelSpec] | None = None,
+                  plugin_manager: Any = None) -> ServiceAssembly:
+    """Wire ``usp serve``: everything is checked and opened here, nothing is read yet.
+
+    Args:
+        config: the predictor's config (``[io]``: the store and ``telemetry_buffer_maxlen``;
+            ``[security]``: ``telemetry_hash_interval_steps``).
+        source: a source spec (``usp.adapters.endpoints``); ``follow`` tails a file source.
+        sinks: sink specs (``-`` is stdout as JSON lines; ``stdout`` replaces it, a binary stream).
+        metrics_port: serve Prometheus ``/metrics`` on this port of ``metrics_addr`` (0: a free
+            port, see :attr:`ServiceAssembly.metrics_port`); None: no Prometheus endpoint.
+            Telemetry always goes to the ``logging`` sink (logger ``usp.telemetry``).
+        metrics_assets: asset ids whose kernel weights also get a per-asset series.
+        snapshot_every_s: seconds between snapshots of every asset's state; None: every
+            :data:`LIVE_SNAPSHOT_EVERY_S` for a live source, and only the final snapshot for a
+            replayed file. A final snapshot is always written when the service ends.
+        max_batch: most ticks per micro-batch.
+        store: the state store (default: ``[io] storage_kind``, as ``UniversalPredictor`` uses
+            for bare keys; the ``.env`` of ``credentials_vault_path`` is loaded first).
+        stdin: a binary stream for the ``-`` source (default ``sys.stdin.buffer``).
+        device_memory_interval_s: period of the device memory monitor (GPU hosts only).
+        kernels, plugin_manager: as :class:`FunctionalPredictor`'s.
+
+    Raises:
+        ConfigError: the config cannot run here (as :class:`FunctionalPredictor`).
+        usp.adapters.endpoints.EndpointError: a bad source or sink spec.
+        OSError: a file, a port or a broker that cannot be opened.
+    """
+    from .adapters.device_memory import DeviceMemoryMonitor
+    from .application.service import Service
+
+    if max_batch < 1:
+        raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+    if snapshot_every_s is not None and not snapshot_every_s > 0:
+        raise ConfigError(f"the snapshot period must be > 0 seconds, got {snapshot_every_s}")
+    dependencies = _functional_dependencies(config, None, kernels, plugin_manager)  # config errors first
+    config = dependencies["config"]
+    container = ServeContainer()
+    container.config.from_dict({"source": source, "follow": bool(follow), "sinks": list(sinks),
+                                "metrics_port": metrics_port, "metrics_assets": list(metrics_assets),
+                                "telemetry_buffer_maxlen": config.telemetry_buffer_maxlen})
+    container.stdin.override(providers.Object(stdin))
+    container.stdout.override(providers.Object(stdout))
+    with contextlib.ExitStack() as undo:  # on any failure, what was opened is closed again
+        queue = container.telemetry_queue()
+        undo.callback(queue.close, 0.0)
+        prometheus, bound = None, None
+        if metrics_port is not None:
+            prometheus = container.prometheus_telemetry()
+            prometheus.watch_drops(queue.dropped_total)
+            undo.callback(prometheus.close)
+            bound = int(prometheus.serve(metrics_port, metrics_addr))
+        opened_sinks = tuple(container.sinks())
+        for sink in opened_sinks:
+            undo.callback(sink.close)
+
+        counted: list[Any] = []  # the service, once built: it counts what the source skips
+
+        def malformed(event: MalformedObservationEvent) -> None:
+            if counted:
+                counted[0].note_malformed(event)
+            else:  # (a source reads nothing before the service runs; offered directly all the same)
+                queue.offer(MalformedTelemetry(count=1))
+
+        container.source_events.override(providers.Object(malformed))
+        opened_source = container.source()
+        undo.callback(opened_source.close)
+        dependencies["clock"] = SystemClock() if opened_source.live else ReplayClock()
+        functional = ExplicitFunctionalPredictor(**dependencies)
+        state_store = configured_store(config) if store is None else store
+        period = (snapshot_every_s if snapshot_every_s is not None
+                  else LIVE_SNAPSHOT_EVERY_S if opened_source.live else None)
+        service = Service(functional, opened_source, list(opened_sinks), store=state_store, telemetry=queue,
+                          snapshot_every_s=period, max_batch=max_batch,
+                          hash_interval_steps=config.telemetry_hash_interval_steps)
+        counted.append(service)
+        # (its level changes are logged by the LoggingTelemetry sink, which gets every reading)
+        monitor = DeviceMemoryMonitor(queue.offer, interval_s=device_memory_interval_s, log=False)
+        undo.pop_all()
+    return ServiceAssembly(service=service, functional=functional, source=opened_source, sinks=opened_sinks,
+                           store=state_store, telemetry=queue, prometheus=prometheus, metrics_port=bound,
+                           monitor=monitor, snapshot_every_s=period)
+
+
+__all__ = ["LIVE_SNAPSHOT_EVERY_S", "FunctionalPredictor", "ServiceAssembly", "UniversalPredictor",
+           "build_service", "check_runtime", "configured_store", "platform_device", "snapshot_stores"]
