@@ -195,7 +195,8 @@ def summary_line(summary: Any, signal_number: int | None, dropped: int) -> str:
     rate = summary.ticks / summary.seconds if summary.seconds > 0 else 0.0
     how = f"stopped by {signal.Signals(signal_number).name}" if signal_number is not None else "source ended"
     return (f"usp: served {summary.ticks} ticks of {summary.assets} assets in {summary.seconds:.2f} s "
-            f"({rate:,.0f} ticks/s); {summary.restored} assets restored from the store; {summary.snapshots} snapshots; "
+            f"({rate:,.0f} ticks/s); {summary.restored} assets restored from the store; "
+            f"{summary.skipped} redelivered ticks skipped; {summary.snapshots} snapshots; "
             f"{how}; telemetry records dropped: {dropped}")
 
 

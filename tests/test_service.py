@@ -21,8 +21,16 @@ from hypothesis import strategies as st
 from usp import PredictorConfig, ProcessState
 from usp.adapters.clocks import ReplayClock
 from usp.adapters.stores import MemoryStore
-from usp.application.asset_registry import MIN_CAPACITY, asset_prng_key, bucket_size, compiled_shapes, plan_rounds
+from usp.application.asset_registry import (
+    MIN_CAPACITY,
+    asset_prng_key,
+    bucket_size,
+    compiled_shapes,
+    plan_rounds,
+    receipt_order,
+)
 from usp.application.service import ServeSummary, Service, weights_digest
+from usp.application.snapshot_payload import decode_payload
 from usp.application.telemetry_queue import TelemetryQueue
 from usp.ports.ingestion import MalformedObservationEvent, ObservationBatch, empty_batch
 from usp.ports.state_store import asset_key
@@ -243,18 +251,40 @@ def test_a_service_runs_once():
 # -- 2. rounds ----------------------------------------------------------------------------------------
 
 @given(st.lists(st.integers(0, 6), max_size=60))
-def test_rounds_hold_each_row_once_and_keep_each_rows_order(rows):
+def test_rounds_are_the_longest_runs_of_the_input_without_a_repeated_row(rows):
     rows = np.array(rows, np.int64)
     rounds = plan_rounds(rows)
     seen = np.concatenate(rounds) if rounds else np.zeros(0, np.int64)
-    assert sorted(seen.tolist()) == list(range(rows.size))
-    for positions in rounds:
-        assert len(set(rows[positions].tolist())) == positions.size
-        assert np.all(np.diff(positions) > 0)  # input order within a round
-    round_of = {int(p): k for k, positions in enumerate(rounds) for p in positions}
-    for row in set(rows.tolist()):
-        ticks = np.flatnonzero(rows == row)
-        assert [round_of[int(p)] for p in ticks] == list(range(ticks.size))  # k-th tick in round k
+    assert seen.tolist() == list(range(rows.size))  # contiguous, in input order
+    for k, positions in enumerate(rounds):
+        assert positions.size and len(set(rows[positions].tolist())) == positions.size
+        if k + 1 < len(rounds):  # cut only where a row repeats
+            assert rows[rounds[k + 1][0]] in set(rows[positions].tolist())
+
+
+def test_lockstep_assets_share_rounds_as_wide_as_their_number():
+    order = np.concatenate([np.random.default_rng(1).permutation(50) for _ in range(40)])
+    assert [r.size for r in plan_rounds(order)] == [50] * 40  # a random order at each step
+    assert [r.size for r in plan_rounds(np.tile(np.arange(50), 40))] == [50] * 40
+
+
+def test_assets_ticking_at_different_rates_never_look_stale():
+    """F ticks every 10 ms, S every second, in time order: the rounds follow the input's time, so
+    no tick sees another asset's future, and no StaleDataEvent appears (a tick's staleness is
+    judged against the newest timestamp before it, as with one replay clock fed in input order).
+    The outputs are the per-asset reference's."""
+    ticks = sorted([(T0 + i * TICK_NS, "F") for i in range(300)] + [(T0 + i * 100 * TICK_NS, "S") for i in range(3)])
+    assets = tuple(asset for _, asset in ticks)
+    stamps = np.array([stamp for stamp, _ in ticks], np.int64)
+    values = 100.0 + np.cumsum(np.random.default_rng(7).normal(0.0, 0.01, len(ticks)))
+    sink = ListSink()
+    Service(_functional(), ListSource(_batches((assets, stamps, values), [250, 53])), [sink]).run(threading.Event())
+    got = _joined(sink.visible)
+    assert got[0] == assets and len(got[0]) == 303
+    assert not [e for e in got[4] if "StaleDataEvent" in e]
+    rows, _ = _reference(assets, stamps, values)
+    assert got[4] == tuple(row[4] for row in rows)
+    np.testing.assert_allclose(got[2], np.array([row[:3] for row in rows]), rtol=0, atol=1e-12)
 
 
 def test_bucket_sizes_are_powers_of_two():
@@ -388,6 +418,87 @@ def test_a_failing_snapshot_is_reported_retried_and_never_stops_the_loop():
     assert len(reports) == summary.snapshot_failures
     assert all(not r.ok and "IntegrityError" in r.error and r.assets == 5 for r in reports)
     assert source.acknowledged == []  # nothing durable, nothing acknowledged
+
+
+def _entry_ids(n: int) -> tuple[str, ...]:
+    """Redis-style entry ids in stream order, several per millisecond, growing past a digit
+    (``9-0`` < ``10-0``: ordered as integer pairs, not as strings)."""
+    return tuple(f"{7 + i // 3}-{i % 3}" for i in range(n))
+
+
+def _recut(stream, receipts, start: int, sizes):
+    """Ticks ``start:`` of ``stream`` (with their ``receipts``) cut into batches of ``sizes``."""
+    assets, stamps, values = stream
+    out, k = [], 0
+    while start < len(assets):
+        stop = min(len(assets), start + sizes[k % len(sizes)])
+        out.append(ObservationBatch(assets[start:stop], stamps[start:stop], values[start:stop], receipts[start:stop]))
+        start, k = stop, k + 1
+    return out
+
+
+def test_redelivered_ticks_the_snapshots_hold_are_skipped_so_a_restart_continues_bit_identically():
+    """A crash between a snapshot's write and its acknowledgement: the broker redelivers ticks
+    the snapshot already holds (here from well before the cut, re-batched so that batches mix
+    held and new ticks). They are skipped — not applied, not output — and counted; the rest
+    continue the uninterrupted run bit for bit, each tick output once."""
+    stream = _stream(12, 150, seed=8, nan_share=0.0)
+    receipts = _entry_ids(len(stream[0]))
+    cut = 900  # ticks applied (and snapshotted) before the crash
+    whole = ListSink()
+    uninterrupted = Service(_functional(), ListSource(_recut(stream, receipts, 0, [37, 64, 5])), [whole])
+    uninterrupted.run(threading.Event())
+
+    store = MemoryStore()
+    first = Service(_functional(), ListSource(_recut((stream[0][:cut], stream[1][:cut], stream[2][:cut]),
+                                                     receipts[:cut], 0, [37, 64, 5])), [ListSink()], store=store)
+    assert first.run(threading.Event()).snapshots == 1
+    payload = decode_payload(CONFIG, store.load(asset_key(stream[0][cut - 1])))
+    assert payload["meta"]["receipt"] == receipts[cut - 1]  # the last tick it holds
+
+    redelivered = _recut(stream, receipts, cut - 250, [100, 33])
+    source = ListSource(redelivered)
+    tail = ListSink()
+    restarted = Service(_functional(), source, [tail], store=store)
+    summary = restarted.run(threading.Event())
+    assert summary.restored == 12 and summary.skipped == 250 and summary.ticks == len(receipts) - cut
+    got, expected = _joined(tail.visible), _joined(whole.visible)
+    assert got[5] == receipts[cut:]  # each tick after the cut once, in order; none before it
+    assert got[0] == expected[0][cut:] and np.array_equal(got[1], expected[1][cut:])
+    assert np.array_equal(got[2], expected[2][cut:]) and got[3:5] == (expected[3][cut:], expected[4][cut:])
+    for asset in uninterrupted.states.assets:
+        assert _identical(restarted.states.state_of(asset), uninterrupted.states.state_of(asset))
+    assert sorted(map(id, source.acknowledged)) == sorted(map(id, redelivered))
+    assert restarted.states.floors == {}  # every floor passed: later batches are not inspected
+
+
+def test_without_receipts_or_without_a_recorded_receipt_nothing_is_skipped():
+    stream = _stream(4, 40, seed=9, nan_share=0.0)
+    receipts = _entry_ids(len(stream[0]))
+    store = MemoryStore()
+    Service(_functional(), ListSource(_recut(stream, receipts, 0, [50])), [ListSink()], store=store).run(
+        threading.Event())
+    again = _batches(stream, [30], receipts=False)  # a file source: no receipts, nothing compared
+    summary = Service(_functional(), ListSource(again), [ListSink()], store=store).run(threading.Event())
+    assert summary.skipped == 0 and summary.ticks == len(stream[0])
+
+    plain = MemoryStore()  # snapshots without a receipt (a file source wrote them) load as before
+    Service(_functional(), ListSource(_batches(stream, [50], receipts=False)), [ListSink()], store=plain).run(
+        threading.Event())
+    assert "receipt" not in decode_payload(CONFIG, plain.load(asset_key(stream[0][0])))["meta"]
+    summary = Service(_functional(), ListSource(_recut(stream, receipts, 0, [50])), [ListSink()],
+                      store=plain).run(threading.Event())
+    assert summary.restored == 4 and summary.skipped == 0 and summary.ticks == len(stream[0])
+
+
+@given(st.integers(0, 2**64), st.integers(0, 2**64), st.integers(0, 2**64), st.integers(0, 2**64))
+def test_receipts_are_ordered_as_integer_pairs(a, b, c, d):
+    assert (receipt_order(f"{a}-{b}") <= receipt_order(f"{c}-{d}")) == ((a, b) <= (c, d))
+
+
+@pytest.mark.parametrize("receipt", [None, "", "5", "5-", "-5", "5-x", "a-1", "1-2-3", "١-٢", " 1-2", 17])
+def test_receipts_that_are_not_entry_ids_have_no_order(receipt):
+    assert receipt_order(receipt) is None
 
 
 # -- 5. stop ------------------------------------------------------------------------------------------

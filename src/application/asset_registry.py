@@ -1,12 +1,13 @@
 """The batched state of every asset a service has seen, and the rounds that step it.
 
 One ``CoreState`` holds a row per asset (leading axis: ``capacity`` rows, the first ``len(assets)``
-in use, in order of first sight). A micro-batch of ticks is cut into *rounds* in which each asset
-appears at most once (:func:`plan_rounds`); a round gathers its assets' rows, pads them to a
-power-of-two bucket, runs ``FunctionalPredictor.step_batch`` on them and scatters the new rows
-back. Consecutive rounds over the same rows (one asset ticking many times, or every asset once
-per round) chain: the stepped rows stay gathered and are scattered back once, when a round needs
-other rows or the state is read (:meth:`AssetStates.flush`). So:
+in use, in order of first sight). A micro-batch of ticks is cut into *rounds*: contiguous runs of
+the input in which each asset appears at most once (:func:`plan_rounds`), so ticks are applied in
+input order. A round gathers its assets' rows, pads them to a power-of-two bucket, runs
+``FunctionalPredictor.step_batch`` on them and scatters the new rows back. Consecutive rounds over
+the same rows (one asset ticking many times, or the same assets ticking in lockstep) chain: the
+stepped rows stay gathered and are scattered back once, when a round needs other rows or the
+state is read (:meth:`AssetStates.flush`). So:
 
 * compiled shapes are bounded: ``step_batch`` compiles once per bucket (1, 2, 4, …, at most the
   capacity), and the gather/scatter once per (capacity, bucket);
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..domain._core import CoreState
 from ..ports.state_store import StateStore, asset_key
+from .batch_snapshots import load_states_meta
 from .compiled_core import compiled_core
 from .functional import FunctionalPredictor
 from .types import ColumnarBatch
@@ -62,6 +64,22 @@ def _fold_keys(key: jax.Array, words: jax.Array) -> jax.Array:
     return jax.vmap(lambda w: jax.random.fold_in(jax.random.fold_in(key, w[0]), w[1]))(words)
 
 
+#: Key of a snapshot's ``meta`` holding the receipt of the last tick its state holds.
+RECEIPT_META = "receipt"
+
+
+def receipt_order(receipt: object) -> tuple[int, int] | None:
+    """A receipt's place in its stream: ``(milliseconds, sequence)`` of a Redis Streams entry id
+    ``"MS-SEQ"`` (two decimal integers), so that ids compare as integer pairs
+    (``"9-0" < "10-0"``); None for anything else (no order: never compared)."""
+    if not isinstance(receipt, str):
+        return None
+    ms, dash, seq = receipt.partition("-")
+    if not dash or not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        return None
+    return int(ms), int(seq)
+
+
 def bucket_size(rows: int) -> int:
     """The power of two ≥ ``rows`` (≥ 1): the padded row count a round is run with."""
     return 1 << max(0, rows - 1).bit_length()
@@ -69,24 +87,28 @@ def bucket_size(rows: int) -> int:
 
 def plan_rounds(rows: np.ndarray) -> list[np.ndarray]:
     """Cut a micro-batch into rounds: lists of positions (into ``rows``, the state row of each
-    tick) in which each row appears at most once, in input order within a round.
+    tick) in which each row appears at most once.
 
-    The k-th tick of an asset in the batch goes to round k, so each asset's ticks are applied in
-    input order. O(n log n) in NumPy (one stable sort), no Python loop per tick.
+    Rounds are the contiguous segments of the input, in input order, each as long as it can be
+    without a row repeating: a new round starts at a tick whose row already ticked in the current
+    one. So the ticks are applied in input order (each asset's, and across assets: a round's
+    "now", the newest timestamp the clock has seen by its end, is what a clock fed tick by tick
+    in input order reads at that round's last tick), and ``n`` assets ticking in lockstep give
+    rounds of ``n``. One O(n) scan over the row numbers (plus O(max row) for its marks).
     """
     rows = np.asarray(rows, np.int64)
     n = rows.size
     if n == 0:
         return []
-    order = np.argsort(rows, kind="stable")
-    ranked = rows[order]
-    starts = np.flatnonzero(np.concatenate([[True], ranked[1:] != ranked[:-1]]))
-    group_start = np.repeat(starts, np.diff(np.concatenate([starts, [n]])))
-    occurrence = np.empty(n, np.int64)
-    occurrence[order] = np.arange(n) - group_start
-    by_round = np.argsort(occurrence, kind="stable")
-    bounds = np.cumsum(np.bincount(occurrence))
-    return np.split(by_round, bounds[:-1])
+    listed = rows.tolist()
+    last = [-1] * (max(listed) + 1)  # latest position of each row
+    cuts, start = [], 0
+    for position, row in enumerate(listed):
+        if last[row] >= start:
+            cuts.append(position)
+            start = position
+        last[row] = position
+    return np.split(np.arange(n), cuts)
 
 
 @jax.jit
@@ -146,6 +168,11 @@ class AssetStates:
         self._open: tuple[np.ndarray, np.ndarray, CoreState] | None = None  # rows, targets, stepped rows
         self.capacity = 0
         self.restored = 0
+        #: receipt of the last tick applied to each asset (restored from its snapshot's ``meta``,
+        #: then kept by the service), for assets whose source gives ordered receipts
+        self.receipts: dict[str, str] = {}
+        #: (ms, seq) of the receipt in each restored asset's snapshot, until a later tick passes it
+        self.floors: dict[str, tuple[int, int]] = {}
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -200,9 +227,17 @@ class AssetStates:
             seed = jax.device_put(seed, self.functional.device)
         rows = _take(_host(self._core.init_batch(_fold_keys(seed, words))), count)
         if self.store is not None:
-            rows, restored = self.functional.load_states(self.store, [asset_key(a) for a in new], template=rows)
+            functional = self.functional
+            rows, restored, metas = load_states_meta(self.store, [asset_key(a) for a in new], rows,
+                                                     config=functional.config, kernel_names=functional.kernel_names)
             rows = _host(rows)
             self.restored += int(np.count_nonzero(restored))
+            for asset, meta in zip(new, metas, strict=True):
+                receipt = None if meta is None else meta.get(RECEIPT_META)
+                order = receipt_order(receipt)
+                if order is not None:
+                    self.receipts[asset] = receipt  # type: ignore[assignment]
+                    self.floors[asset] = order
         self._grow(start + count, rows)
         targets = np.full(bucket, self.capacity, np.int64)
         targets[:count] = np.arange(start, start + count)
@@ -257,4 +292,5 @@ class AssetStates:
         return np.asarray(state.last_output)[:len(self._assets)]
 
 
-__all__ = ["MIN_CAPACITY", "AssetStates", "asset_prng_key", "bucket_size", "compiled_shapes", "plan_rounds"]
+__all__ = ["MIN_CAPACITY", "RECEIPT_META", "AssetStates", "asset_prng_key", "bucket_size", "compiled_shapes",
+           "plan_rounds", "receipt_order"]

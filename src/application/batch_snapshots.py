@@ -7,7 +7,8 @@ config and kernel names the states were made with, the store, the template to re
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,16 +30,23 @@ def _rows(states: CoreState, count: int) -> list[CoreState]:
 
 
 def save_states(store: StateStore, keys: str | Sequence[str], states: CoreState, *, config: PredictorConfig,
-                kernel_names: Sequence[str]) -> None:
+                kernel_names: Sequence[str], metas: Sequence[Mapping[str, Any]] | None = None) -> None:
     """Save one asset (``keys`` a str) or a batch (one key per row of a batched state, one
-    ``save_many``). Raises the store's ``SnapshotWriteError`` / ``InsufficientStorageError``."""
+    ``save_many``). ``metas`` (one per key, for a batch) adds plain values to each payload's
+    ``meta`` (e.g. ``receipt``, the source receipt of the last tick the state holds).
+    Raises the store's ``SnapshotWriteError`` / ``InsufficientStorageError``."""
     stamp = time.time_ns()
     if isinstance(keys, str):
-        store.save(keys, encode_snapshot(state_to_payload(config, kernel_names, states, timestamp_ns=stamp)))
+        meta = dict(metas[0]) if metas else None
+        store.save(keys, encode_snapshot(state_to_payload(config, kernel_names, states, timestamp_ns=stamp,
+                                                          meta=meta)))
         return
     rows = _rows(states, len(keys))
-    store.save_many({key: encode_snapshot(state_to_payload(config, kernel_names, row, timestamp_ns=stamp))
-                     for key, row in zip(keys, rows, strict=True)})
+    if metas is not None and len(metas) != len(keys):
+        raise ValueError(f"{len(metas)} metas for {len(keys)} keys")
+    extra = [dict(m) for m in metas] if metas is not None else [None] * len(keys)
+    store.save_many({key: encode_snapshot(state_to_payload(config, kernel_names, row, timestamp_ns=stamp, meta=meta))
+                     for key, row, meta in zip(keys, rows, extra, strict=True)})
 
 
 def load_states(store: StateStore, keys: str | Sequence[str], template: CoreState, *, config: PredictorConfig,
@@ -55,16 +63,27 @@ def load_states(store: StateStore, keys: str | Sequence[str], template: CoreStat
         if blob is None:
             return template, False
         return payload_to_state(config, template, decode_payload(config, blob), kernel_names=kernel_names), True
+    states, restored, _ = load_states_meta(store, keys, template, config=config, kernel_names=kernel_names)
+    return states, restored
+
+
+def load_states_meta(store: StateStore, keys: Sequence[str], template: CoreState, *, config: PredictorConfig,
+                     kernel_names: Sequence[str]) -> tuple[CoreState, np.ndarray, list[dict[str, Any] | None]]:
+    """:func:`load_states` of a batch, with each snapshot's ``meta`` (None for a key without one):
+    ``(states, restored bool[len(keys)], metas)``. Same checks and errors."""
     keys = list(keys)
     blobs = store.load_many(keys)
     rows = _rows(template, len(keys))
     restored = np.array([blobs.get(key) is not None for key in keys])
+    metas: list[dict[str, Any] | None] = [None] * len(keys)
     for i, key in enumerate(keys):
         blob = blobs.get(key)
         if blob is not None:
-            rows[i] = payload_to_state(config, rows[i], decode_payload(config, blob), kernel_names=kernel_names)
+            payload = decode_payload(config, blob)
+            rows[i] = payload_to_state(config, rows[i], payload, kernel_names=kernel_names)
+            metas[i] = dict(payload.get("meta") or {})
     stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *rows)
-    return blocks_to_pytree(template, pytree_to_blocks(stacked)), restored
+    return blocks_to_pytree(template, pytree_to_blocks(stacked)), restored, metas
 
 
-__all__ = ["load_states", "save_states"]
+__all__ = ["load_states", "load_states_meta", "save_states"]

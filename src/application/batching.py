@@ -1,4 +1,5 @@
-"""How a batch of assets is cut for the compiled graph: vmapped chunks, and gathered reading pieces."""
+"""How a batch of assets is cut for the compiled graph: fixed-width vmapped chunks, and gathered
+reading pieces."""
 
 from __future__ import annotations
 
@@ -8,35 +9,54 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-#: Assets per vmapped chunk in ``step_batch``. Larger batches run chunk after chunk (``lax.map``)
-#: inside the same compiled graph: on CPU a chunk's working set stays in cache, which measured
-#: 57k asset-steps/s at 1000 assets against 24k for one 1000-wide vmap (docs/benchmarks.md).
-BATCH_CHUNK = 256
+#: Assets per vmapped chunk in ``step_batch`` and the batched roughness reads: every batch runs
+#: as chunks of exactly this width (the last one padded), chunk after chunk (``lax.map``) inside
+#: one compiled graph. XLA's arithmetic for a row depends on the width of the vmap it runs in
+#: (vectorised loops and fusions differ with the shape: ≈ 1 ulp), so one fixed width makes a
+#: row's numbers independent of the batch size and of its position in the batch; on CPU a narrow
+#: chunk's working set also stays in cache (docs/benchmarks.md).
+BATCH_CHUNK = 8
 
 
 def chunked_vmap(fn: Callable[..., Any], chunk: int) -> Callable[..., Any]:
-    """``vmap(fn)`` over the leading (asset) axis of every argument, ``chunk`` assets at a time.
+    """``vmap(fn)`` over the leading (asset) axis of every argument, as fixed-width chunks.
 
-    Full chunks go through ``lax.map``; the remainder is one more vmap. Every asset's arithmetic
-    is the vmapped function's, and shapes are static, so it compiles once per batch size.
+    N rows are padded to a multiple of ``chunk`` (at least two chunks) with copies of row 0
+    (their results are dropped), run through one loop over the ``ceil(N / chunk)`` chunks that
+    hold rows, each ``vmap(fn)`` at width ``chunk``, and cut back to N rows. Every row is
+    computed by the same compiled chunk program, whatever N and wherever the row sits, so its
+    outputs are bitwise the same for every batch size (tests/test_batch_width.py). Shapes are
+    static: one compilation per batch size. A batch of N ≤ ``chunk`` rows costs a whole chunk.
     """
     vfn = jax.vmap(fn)
 
     def run(*args):
         n = jax.tree_util.tree_leaves(args)[0].shape[0]
-        full = (n // chunk) * chunk
-        if full == 0 or n <= chunk:
-            return vfn(*args)
+        chunks = max(1, -(-n // chunk))
+        slots = max(2, chunks)
+        padded = slots * chunk
 
-        def head(a):
-            return a[:full].reshape((full // chunk, chunk, *a.shape[1:]))
+        def split(a):
+            if padded != n:
+                a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (padded - n, *a.shape[1:]))])
+            return a.reshape((slots, chunk, *a.shape[1:]))
 
-        mapped = jax.lax.map(lambda chunk_args: vfn(*chunk_args), jax.tree_util.tree_map(head, args))
-        mapped = jax.tree_util.tree_map(lambda a: a.reshape((full, *a.shape[2:])), mapped)
-        if full == n:
-            return mapped
-        rest = vfn(*jax.tree_util.tree_map(lambda a: a[full:], args))
-        return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), mapped, rest)
+        stacked = jax.tree_util.tree_map(split, args)
+        shapes = jax.eval_shape(vfn, *jax.tree_util.tree_map(lambda a: a[0], stacked))
+        start = jax.tree_util.tree_map(lambda s: jnp.zeros((slots, *s.shape), s.dtype), shapes)
+
+        def body(i, done):
+            part = vfn(*jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked))
+            return jax.tree_util.tree_map(lambda d, p: jax.lax.dynamic_update_index_in_dim(d, p, i, 0), done, part)
+
+        # The loop body must compile to the same program for every batch size, so the compiler
+        # must not specialise it: the chunk axis has at least two slots (a one-slot axis would let
+        # it drop the indexing and fuse differently; a spare slot is padding, never computed),
+        # and the trip count goes through an optimization barrier (a loop known to run once
+        # would be inlined).
+        trips = jax.lax.optimization_barrier(jnp.int32(chunks))
+        mapped = jax.lax.fori_loop(0, trips, body, start)
+        return jax.tree_util.tree_map(lambda a: a.reshape((padded, *a.shape[2:]))[:n], mapped)
 
     return run
 

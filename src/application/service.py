@@ -4,17 +4,32 @@ a schedule, telemetry on the side, and a graceful end.
 Every adapter comes in as an argument (the source, the sinks, the store, the telemetry queue);
 the predictor carries its clock: the composition root gives a ``ReplayClock`` for a source that is
 not live (a replayed file: staleness judged by the data's own time) and the system clock for a
-live one. All source and sink calls happen on the thread that calls :meth:`Service.run`; only
-snapshot writes run on a background thread.
+live one.
+
+Time order: ticks are applied in input order. A micro-batch is cut into rounds, the contiguous
+runs of the input in which no asset repeats (``asset_registry.plan_rounds``), and each round is
+one ``step_batch`` call whose "now" is the clock after observing the round's newest timestamp:
+with a ``ReplayClock``, exactly what a clock fed tick by tick in input order reads at the round's
+last tick. Assets ticking at different rates therefore never see each other's future (no false
+``StaleDataEvent``); assets ticking in lockstep still share rounds as wide as their number.
+
+All source and sink calls happen on the thread that calls :meth:`Service.run`; only snapshot
+writes run on a background thread.
 
 Ownership: the caller builds the source, the sinks, the store and the telemetry queue, and
 closes them after ``run`` returns; the service flushes the sinks but closes nothing.
 
 Delivery: with a store, the source batches applied before a snapshot was captured are
-acknowledged once that snapshot is written (a broker source redelivers, after a crash, what came
-after the last snapshot: at-least-once for one process, and the sink may see those ticks twice).
-Without a store nothing is durable but the sink's output, and a batch is acknowledged as soon as
-its predictions are flushed.
+acknowledged once that snapshot is written. Each asset's snapshot records, in its ``meta``, the
+receipt of the last tick its state holds (``receipt``: a Redis Streams entry id). After a crash
+a broker source redelivers what was not acknowledged; a restored asset skips (applies and
+outputs nothing for) every redelivered tick whose receipt is at or before its recorded one,
+compared as ``(milliseconds, sequence)`` integer pairs, and applies the rest. So, for a source
+with ordered receipts, every tick affects the state exactly once, and outputs are at least once:
+a tick applied after the last snapshot of its asset but before the crash is output again (the
+same numbers, since it is applied to the same state). Ticks without receipts (files, stdin) or
+snapshots without a recorded receipt are never skipped. Without a store nothing is durable but
+the sink's output, and a batch is acknowledged as soon as its predictions are flushed.
 """
 
 from __future__ import annotations
@@ -43,7 +58,8 @@ from ..ports.telemetry import (
     TelemetryRecord,
     TickTelemetry,
 )
-from .asset_registry import AssetStates, plan_rounds
+from .asset_registry import RECEIPT_META, AssetStates, plan_rounds, receipt_order
+from .batch_snapshots import save_states
 from .functional import FunctionalPredictor
 from .types import OperatingMode, decode_events
 
@@ -73,6 +89,8 @@ class ServeSummary:
         snapshot_failures: snapshot writes that failed (reported and retried).
         malformed: records the source reported as skipped (``note_malformed``).
         restored: assets whose state came from the store when first seen.
+        skipped: redelivered ticks not applied (nor output) because their asset's restored
+            snapshot already held them (receipt at or before the one it recorded).
     """
 
     ticks: int
@@ -84,6 +102,7 @@ class ServeSummary:
     snapshot_failures: int = 0
     malformed: int = 0
     restored: int = 0
+    skipped: int = 0
 
 
 def weights_digest(assets: Sequence[str], last_outputs: np.ndarray, n_kernels: int) -> str:
@@ -106,10 +125,12 @@ def weights_digest(assets: Sequence[str], last_outputs: np.ndarray, n_kernels: i
 
 @attrs.frozen
 class _Capture:
-    """A snapshot's content: the assets, their batched state, and the batches it covers."""
+    """A snapshot's content: the assets, their batched state, the receipt of the last tick each
+    asset's state holds (None: none known), and the batches it covers."""
 
     assets: tuple[str, ...]
     state: CoreState
+    receipts: tuple[str | None, ...]
     batches: tuple[ObservationBatch, ...]
 
 
@@ -159,6 +180,7 @@ class Service:
         self.batches = 0
         self.snapshots = 0
         self.snapshot_failures = 0
+        self.skipped = 0
         self._malformed_lock = threading.Lock()
         self._malformed_new = 0
         self._malformed_total = 0
@@ -188,8 +210,8 @@ class Service:
 
     # -- ticks -------------------------------------------------------------------------------
     def step(self, batch: ObservationBatch) -> PredictionRecords:
-        """Apply one micro-batch to the states (rounds of distinct assets, each asset's ticks in
-        input order) and return its predictions in input order. Offers a ``TickTelemetry`` per
+        """Apply one micro-batch to the states (rounds: contiguous runs of distinct assets, so
+        every tick in input order) and return its predictions in input order. Offers a ``TickTelemetry`` per
         ``step_batch`` call and a ``ParityHashTelemetry`` whenever the tick count reaches a
         multiple of ``hash_interval_steps`` (the batch is cut there: the hash is of the states
         after exactly that many ticks, wherever the batch boundaries fell). Writes nothing to
@@ -252,15 +274,57 @@ class Service:
             upper=outputs[:, Out.UPPER].copy(), modes=tuple(modes.tolist()), events=tuple(events),
             receipts=batch.receipts)
 
+    def _unseen(self, batch: ObservationBatch) -> ObservationBatch:
+        """``batch`` without the redelivered ticks its assets' restored snapshots already hold.
+
+        A restored asset whose snapshot recorded a receipt has a floor (``AssetStates.floors``);
+        a tick of it whose receipt is at or before the floor (compared as ``receipt_order``
+        pairs) is dropped and counted in :attr:`skipped`. The first tick past the floor lifts it
+        (a source hands an asset's ticks in receipt order), so once the redeliveries are through
+        this is one set test per batch.
+        """
+        floors = self.states.floors
+        if not floors or not batch.receipts or floors.keys().isdisjoint(batch.assets):
+            return batch
+        keep = np.ones(len(batch), bool)
+        passed = set()
+        for i, (asset, receipt) in enumerate(zip(batch.assets, batch.receipts, strict=True)):
+            floor = floors.get(asset)
+            if floor is None or asset in passed:
+                continue
+            order = receipt_order(receipt)
+            if order is not None and order <= floor:
+                keep[i] = False
+            else:
+                passed.add(asset)
+        for asset in passed:
+            del floors[asset]
+        if keep.all():
+            return batch
+        skipped = int(np.count_nonzero(~keep))
+        self.skipped += skipped
+        dropped = {asset for asset, kept in zip(batch.assets, keep.tolist(), strict=True) if not kept}
+        logger.info("skipped %d redelivered ticks of %d assets: their snapshots already hold them", skipped,
+                    len(dropped))
+        rows = np.flatnonzero(keep).tolist()
+        return ObservationBatch(tuple(batch.assets[i] for i in rows), batch.timestamps_ns[rows],
+                                batch.values[rows], tuple(batch.receipts[i] for i in rows))
+
     def _apply(self, batch: ObservationBatch) -> None:
-        """Step, write and flush one non-empty batch; acknowledge it when nothing else will."""
-        records = self.step(batch)
-        for sink in self.sinks:
-            sink.write(records)
-        for sink in self.sinks:
-            sink.flush()
+        """Step, write and flush one non-empty batch (less the ticks already in the restored
+        snapshots); acknowledge it when nothing else will."""
+        self.states.rows_for(batch.assets)  # restores (and sets the floors of) assets seen first here
+        fresh = self._unseen(batch)
+        if len(fresh):
+            records = self.step(fresh)
+            if fresh.receipts:
+                self.states.receipts.update(zip(fresh.assets, fresh.receipts, strict=True))
+            for sink in self.sinks:
+                sink.write(records)
+            for sink in self.sinks:
+                sink.flush()
         self.batches += 1
-        if self.store is None:
+        if self.store is None or not len(fresh):  # (all skipped: already durable in the store)
             self.source.acknowledge([batch])
         else:
             self._unacknowledged.append(batch)
@@ -274,14 +338,18 @@ class Service:
             if batches:
                 self.source.acknowledge(list(batches))
             return None
-        return _Capture(assets, state, batches)
+        receipts = self.states.receipts
+        return _Capture(assets, state, tuple(receipts.get(asset) for asset in assets), batches)
 
     def _write(self, capture: _Capture) -> float:
         """Write a snapshot (any thread); returns its seconds. Raises what the store raises."""
         began = time.perf_counter()
         count = len(capture.assets)
         host = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[:count], jax.device_get(capture.state))
-        self.functional.save_states(self.store, [asset_key(a) for a in capture.assets], host)  # type: ignore[arg-type]
+        metas = [{} if receipt is None else {RECEIPT_META: receipt} for receipt in capture.receipts]
+        functional = self.functional
+        save_states(self.store, [asset_key(a) for a in capture.assets], host,  # type: ignore[arg-type]
+                    config=functional.config, kernel_names=functional.kernel_names, metas=metas)
         return time.perf_counter() - began
 
     def _finished(self, capture: _Capture, future: Future) -> bool:
@@ -371,7 +439,7 @@ class Service:
         return ServeSummary(ticks=self.ticks, assets=len(self.states), batches=self.batches,
                             snapshots=self.snapshots, seconds=time.monotonic() - began, residual_observations=0,
                             snapshot_failures=self.snapshot_failures, malformed=self._malformed_total,
-                            restored=self.states.restored)
+                            restored=self.states.restored, skipped=self.skipped)
 
     def _final_snapshot(self) -> None:
         """Write all states now (on this thread) and acknowledge everything applied."""
