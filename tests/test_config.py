@@ -94,7 +94,7 @@ def test_config_is_hashable_and_static_under_jit():
     config = PredictorConfig()
     assert hash(config) == hash(PredictorConfig())
     traced = jax.jit(lambda x, c: x * c.cusum_h, static_argnums=1)
-    assert float(traced(jnp.float64(2.0), config)) == 10.0
+    assert float(traced(jnp.float64(2.0), config)) == 2.0 * config.cusum_h
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.cusum_h = 1.0  # type: ignore[misc]
 
@@ -127,9 +127,9 @@ def test_config_check_rejects_what_building_a_predictor_rejects(tmp_path, capsys
 
 def test_config_check_accepts_what_builds_and_names_the_kernels(tmp_path, capsys):
     for path in (ROOT / "config.toml", ROOT / "examples" / "co2_weekly.toml"):
-        assert FunctionalPredictor(load_config(path)).kernel_names == ("A", "D")
+        assert FunctionalPredictor(load_config(path)).kernel_names == ("A", "D", "N", "S")
         assert main(["config", "check", str(path)]) == 0
-        assert capsys.readouterr().out == f"{path}: ok (kernels: A [builtin], D [builtin])\n"
+        assert capsys.readouterr().out == f"{path}: ok (kernels: A [builtin], D [builtin], N [builtin], S [builtin])\n"
 
 
 def test_config_files_that_are_not_utf8_or_not_files_are_config_errors(tmp_path):

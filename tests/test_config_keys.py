@@ -44,23 +44,10 @@ class Pending:
     work: str
 
 
-_KERNEL_C = "kernel C, the Itô–Lévy jump-diffusion kernel"
 PENDING: dict[str, Pending] = {
-    # [kernels] / [numerical]: kernel C (kernel_c_jump_max_events is only named in
-    # persistence.COMPATIBILITY_KEYS, which issue 18 calls out as a refusal over a missing kernel).
-    "kernel_c_jump_intensity": Pending(18, f"{_KERNEL_C}: prior and bound of the jump intensity λ"),
-    "kernel_c_jump_mean": Pending(18, f"{_KERNEL_C}: prior of the jump mean"),
-    "kernel_c_jump_scale": Pending(18, f"{_KERNEL_C}: prior of the jump scale"),
-    "kernel_c_jump_max_events": Pending(18, f"{_KERNEL_C}: most jumps simulated per step"),
-    "sde_fd_epsilon": Pending(18, f"{_KERNEL_C}: finite-difference step of the stiffness Jacobian"),
     # [orchestrator]: kernel B
     "entropy_scaling_trigger": Pending(17, "kernel B (Fokker–Planck / Deep Galerkin): entropy ratio "
                                            "that triggers the DGM architecture scaling (Build 5)"),
-    # [io] / [security]: the `usp serve` telemetry port
-    "telemetry_buffer_maxlen": Pending(14, "`usp serve` telemetry port: bound of the telemetry queue "
-                                           "(Build 5)"),
-    "telemetry_hash_interval_steps": Pending(14, "`usp serve` telemetry port: parity hashes of the "
-                                                 "weights every N steps (Build 5)"),
     # [meta_optimization]: `usp tune`
     "max_deep_tuning_iterations": Pending(16, "`usp tune`: trial budget of the deep tier"),
     "checkpoint_path": Pending(16, "`usp tune`: directory of the study journal / checkpoints"),

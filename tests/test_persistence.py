@@ -23,7 +23,7 @@ from usp import FunctionalPredictor, IntegrityError, PredictorConfig, ProcessSta
 from usp.adapters.clocks import ReplayClock
 from usp.adapters.stores import FileStore, MemoryStore, RedisStore
 from usp.application.snapshot import decode_snapshot, pytree_to_blocks
-from usp.application.snapshot_payload import state_to_payload
+from usp.application.snapshot_payload import ADDED_GLOBAL_BLOCKS, payload_to_state, state_to_payload
 from usp.application.snapshot_session import STORAGE_EVENT_HISTORY
 from usp.application.snapshot_writer import MAX_PENDING_KEYS
 from usp.domain._core import Out
@@ -420,3 +420,28 @@ def test_storage_kind_in_config_selects_the_store_through_the_container(tmp_path
     assert receipt.key == "asset-1"
     assert p.load_snapshot("asset-1") is True
     assert not (Path(CONFIG.snapshot_path) / "asset-1").exists()  # nothing went to the file store
+
+
+def test_a_snapshot_written_before_the_detector_fields_still_loads():
+    """A snapshot from before the change detector's level and robust scales and the outlier
+    streak existed lacks their blocks (ADDED_GLOBAL_BLOCKS): it loads with those fields cold,
+    every other leaf as saved, and the predictor carries on from it (the detector re-arms)."""
+    p = predictor()
+    run(p, stream(200), 0)
+    payload = state_to_payload(p.config, p.kernel_names, p.state)
+    payload["config"]["enabled_kernels"] = list(p.config.enabled_kernels)  # as MessagePack returns it
+    old = {**payload, "global": {k: v for k, v in payload["global"].items() if k not in ADDED_GLOBAL_BLOCKS}}
+    assert len(old["global"]) == len(payload["global"]) - len(ADDED_GLOBAL_BLOCKS)
+    functional = FunctionalPredictor(CONFIG, clock=ReplayClock())
+    template = functional.init_state()
+    restored = payload_to_state(CONFIG, template, old)
+    saved, loaded, cold = (pytree_to_blocks(jax.tree_util.tree_map(np.asarray, s))
+                           for s in (p.state, restored, template))
+    for name in saved:
+        assert np.array_equal(loaded[name], cold[name] if name in ADDED_GLOBAL_BLOCKS else saved[name],
+                              equal_nan=True), name
+    state = restored
+    for i, value in enumerate(stream(400)[200:]):
+        state, result = functional.step(state, ProcessState(float(value), T0 + (200 + i) * DT))
+        assert np.isfinite(result.reference_prediction)
+    assert int(state.monitor.scale_count) == 200

@@ -62,7 +62,7 @@ def site(tmp_path, monkeypatch) -> Path:
 
 def test_broken_plugins_are_listed_and_skipped(site):
     manager = build_plugin_manager()
-    assert set(available_kernels(manager)) == {"A", "D"}
+    assert set(available_kernels(manager)) == {"A", "C", "D", "N", "S"}
     broken = {b.name: b for b in broken_plugins(manager)}
     assert set(broken) == set(BROKEN)
     assert broken["import_fails"].source == "usp-test-import_fails 1.0"
@@ -113,4 +113,4 @@ def test_cli_lists_a_broken_plugin_and_refuses_a_config_enabling_it(tmp_path):
     assert len(error) == 1 and "plugin 'import_fails'" in error[0] and "No module named" in error[0]
     fine = subprocess.run([sys.executable, "-m", "usp.cli", "config", "check", str(ROOT / "config.toml")],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert fine.returncode == 0 and "ok (kernels: A [builtin], D [builtin])" in fine.stdout
+    assert fine.returncode == 0 and "ok (kernels: A [builtin], D [builtin], N [builtin], S [builtin])" in fine.stdout

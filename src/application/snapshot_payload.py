@@ -29,8 +29,17 @@ from .snapshot import blocks_to_pytree, decode_snapshot, pytree_to_blocks
 #: Config keys a snapshot must share with the predictor loading it (they fix shapes or meaning).
 COMPATIBILITY_KEYS = ("float_precision", "enabled_kernels", "window_size", "kurtosis_window",
                       "wtmm_buffer_size", "kernel_a_order", "kernel_a_mode", "kernel_a_rkhs_points",
-                      "log_sig_depth", "kernel_c_jump_max_events", "koopman_top_k")
+                      "log_sig_depth", "kernel_c_jump_max_events", "koopman_top_k",
+                      "seasonal_period", "seasonal_transform")
+#: ``global`` blocks added to the state layout after schema 1.0 was first written. A snapshot
+#: without them (written before they existed) gets the template's cold values, which restart
+#: exactly what they hold: the change detector's level and robust scales (it re-arms after
+#: ``wtmm_buffer_size`` ticks) and the outlier streak (0).
+ADDED_GLOBAL_BLOCKS = (".monitor.level", ".monitor.level_count", ".monitor.level_dev",
+                       ".monitor.resid_dev", ".monitor.scale_count", ".monitor.exceed_run")
 
+#: Each key's default, what a snapshot written before the key existed is taken to hold.
+FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in attrs.fields(PredictorConfig)}
 
 @functools.lru_cache(maxsize=32)
 def _config_values(config: PredictorConfig) -> dict[str, Any]:
@@ -80,12 +89,15 @@ def state_to_payload(config: PredictorConfig, kernel_names: Sequence[str], state
 
 
 def check_compatible(config: PredictorConfig, stored: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming every :data:`COMPATIBILITY_KEYS` value that differs."""
+    """Raise ``ValueError`` naming every :data:`COMPATIBILITY_KEYS` value that differs.
+
+    A key the snapshot does not hold (written before the key existed) counts as its default.
+    """
     current = {k: _plain(getattr(config, k)) for k in COMPATIBILITY_KEYS if hasattr(config, k)}
-    differ = [k for k, v in current.items() if stored.get(k, "<absent>") != v]
+    written = {k: stored.get(k, _plain(FIELD_DEFAULTS[k])) for k in current}
+    differ = [k for k, v in current.items() if written[k] != v]
     if differ:
-        details = ", ".join(f"{k}: snapshot={stored.get(k, '<absent>')!r}, current={current[k]!r}"
-                            for k in differ)
+        details = ", ".join(f"{k}: snapshot={written[k]!r}, current={current[k]!r}" for k in differ)
         raise ValueError(f"snapshot was made with an incompatible configuration ({details})")
 
 
@@ -103,7 +115,12 @@ def payload_to_state(config: PredictorConfig, template_state: CoreState, payload
     if sorted(payload["kernels"]) != sorted(names):
         raise ValueError(f"snapshot holds kernels {sorted(payload['kernels'])}, "
                          f"the predictor runs {list(names)}")
-    restored = blocks_to_pytree(replace(template_state, kernels=()), payload["global"])
+    blocks = payload["global"]
+    absent = [name for name in ADDED_GLOBAL_BLOCKS if name not in blocks]
+    if absent:  # an older layout: the blocks added since start cold
+        cold = pytree_to_blocks(to_host(replace(template_state, kernels=())))
+        blocks = {**blocks, **{name: cold[name] for name in absent}}
+    restored = blocks_to_pytree(replace(template_state, kernels=()), blocks)
     kernels = tuple(blocks_to_pytree(block, payload["kernels"][name])
                     for name, block in zip(names, template_state.kernels, strict=True))
     return replace(restored, kernels=kernels)
@@ -118,5 +135,5 @@ def decode_payload(config: PredictorConfig, blob: bytes) -> dict[str, Any]:
     return decode_snapshot(blob, expected_schema=config.schema_version)
 
 
-__all__ = ["COMPATIBILITY_KEYS", "check_compatible", "decode_payload", "payload_to_state", "state_to_payload",
-           "to_host"]
+__all__ = ["ADDED_GLOBAL_BLOCKS", "COMPATIBILITY_KEYS", "check_compatible", "decode_payload", "payload_to_state",
+           "state_to_payload", "to_host"]

@@ -59,7 +59,13 @@ class PredictorConfig:
     degraded_recovery_min_steps: int = _key(2, "core", "Consecutive fresh ticks needed to leave "
                                             "degraded mode.", lo=1, hi=10_000)
     sigma_bound: float = _key(20.0, "core", "Catastrophic-outlier bound: |y − ŷ| > sigma_bound·σ is "
-                              "rejected (state untouched, DomainError event).", lo=1.0, hi=1e6)
+                              "rejected (state untouched but the outlier streak, DomainError "
+                              "event).", lo=1.0, hi=1e6)
+    level_shift_confirm_steps: int = _key(3, "core", "K: the K-th consecutive outlier on the same "
+                                          "side of the forecast is a level shift: it is accepted, "
+                                          "the state re-anchored at the new level and a regime "
+                                          "change reported (the K − 1 before it stay rejected).",
+                                          lo=2, hi=1_000_000, unit="ticks")
     frozen_signal_steps: int = _key(5, "core", "N_freeze: this many identical consecutive values "
                                     "raise the frozen-signal alarm.", lo=2, hi=10_000)
     frozen_signal_release_steps: int = _key(2, "core", "Consecutive lively steps that release the "
@@ -74,9 +80,12 @@ class PredictorConfig:
                           "free energy.", lo=1e-6, hi=1e6)
     learning_rate: float = _key(0.01, "sensitivity", "τ: JKO time step before the stability bound.",
                                 lo=1e-8, hi=10.0)
-    cusum_h: float = _key(5.0, "sensitivity", "CUSUM threshold h in units of σ (before the "
-                          "kurtosis factor).", lo=0.1, hi=100.0)
-    cusum_k: float = _key(0.5, "sensitivity", "CUSUM slack k in units of σ.", lo=0.0, hi=10.0)
+    cusum_h: float = _key(7.0, "sensitivity", "CUSUM threshold h in units of the detector's robust "
+                          "σ (before the kurtosis factor). 7 keeps false alarms near 0.2 per 1000 "
+                          "ticks on Gaussian noise (5: about 2) and finds a +1σ level shift in a "
+                          "median 11–14 ticks (docs/model.md).", lo=0.1, hi=100.0)
+    cusum_k: float = _key(0.5, "sensitivity", "CUSUM slack k in units of the detector's robust σ.",
+                          lo=0.0, hi=10.0)
     grace_period_steps: int = _key(20, "sensitivity", "Steps after an alarm during which no new "
                                    "alarm is emitted.", lo=0, hi=100_000)
     volatility_alpha: float = _key(0.1, "sensitivity", "EMA decay of the residual variance.",
@@ -132,7 +141,7 @@ class PredictorConfig:
     entropy_scaling_trigger: float = _key(2.0, "orchestrator", "Entropy ratio that triggers "
                                           "architecture rescaling of kernel B.", lo=1.0, hi=100.0)
     # [kernels] ---------------------------------------------------------------------------
-    enabled_kernels: tuple[str, ...] = _key(("A", "D"), "kernels", "Kernels mixed by the orchestrator, "
+    enabled_kernels: tuple[str, ...] = _key(("A", "D", "N", "S"), "kernels", "Kernels mixed by the orchestrator, "
                                             "by registered name (see `usp kernels list`).")
     window_size: int = _key(256, "kernels", "Length of the signal window every kernel sees.",
                             lo=16, hi=65_536, unit="samples")
@@ -146,6 +155,17 @@ class PredictorConfig:
     kernel_a_ridge: float = _key(1e-2, "kernels", "Kernel A rkhs: ridge penalty λ (relative to the "
                                  "kernel matrix diagonal).", lo=1e-10, hi=1e6)
     log_sig_depth: int = _key(3, "kernels", "Signature depth of kernel D.", choices=(2, 3, 4, 5))
+    seasonal_period: int = _key(0, "kernels", "Seasonal period of kernel S, in ticks (52 for weekly "
+                                "data with a yearly cycle, 12 for monthly): 0 detects it from the "
+                                "history that fit_history is given (autocorrelation of the "
+                                "differences; none found, or no fit_history, means no seasonal "
+                                "component), 1 means none.", lo=0, hi=512, unit="ticks")
+    seasonal_transform: str = _key("auto", "kernels", "Kernel S: smooth the values themselves "
+                                   "(none, additive seasonality), their logarithm (log, the Box–Cox "
+                                   "λ = 0 case: multiplicative seasonality and trend), or both, "
+                                   "keeping whichever has the lower realised error (auto; the log "
+                                   "filters are used only while the window is positive).",
+                                   choices=("auto", "none", "log"))
     kernel_c_jump_intensity: float = _key(0.05, "kernels", "Kernel C prior jump intensity λ.",
                                           lo=0.0, hi=1e3)
     kernel_c_jump_mean: float = _key(0.0, "kernels", "Kernel C prior jump mean.", lo=-1e6, hi=1e6)

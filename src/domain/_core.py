@@ -21,8 +21,19 @@ and only a valid one taken while the branch is not held (sampling too coarse, fr
 
 A tick that is rejected (non-finite value, finite value beyond ``MAGNITUDE_LIMIT``, catastrophic
 outlier, out-of-order timestamp) returns the previous state *bit-identically* and the last valid
-output with the rejection bits set. ``timestamp_ns == UNTIMED`` (the smallest int64) marks an
-untimed tick (history replay): no staleness, Nyquist or ordering checks.
+output with the rejection bits set, with one exception: a rejected catastrophic outlier
+(|y − ŷ| > ``sigma_bound``·σ, in time order) updates the outlier streak
+``state.monitor.exceed_run`` (+n after n consecutive exceedances above the forecast, −n below;
+an exceedance on the other side starts a new streak at ±1; non-finite and out-of-order ticks
+leave it as it is; any accepted tick resets it to 0). The ``level_shift_confirm_steps``-th
+consecutive exceedance on one side is a **level shift** and is accepted: with Δ = y − ŷ, the
+window, the kernel forecasts the losses are taken from and the detector's level are moved by Δ
+first (the series reads as if it had always been at the new level, and y lands where the
+forecast said relative to it), the kernels learn from that window, the residual Δ itself widens
+the fast residual σ (so the move's aftermath is not rejected again), and the tick is a regime
+change: ``REGIME_CHANGED``, weights uniform, G± reset, grace period. A single corrupt tick can
+never do this. ``timestamp_ns == UNTIMED`` (the smallest int64) marks an untimed tick (history
+replay): no staleness, Nyquist or ordering checks.
 """
 
 from __future__ import annotations
@@ -34,11 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._config import PredictorConfig
-from ._cusum import MonitorState, monitor_init, monitor_step
+from ._cusum import MonitorState, exceedance_run, monitor_init, monitor_step
 from ._events import EventCode
 from ._fusion import fuse
 from ._kernel import KernelSpec, Window
-from ._pytree import pytree
+from ._pytree import pytree, replace
 from ._roughness import (
     Sia,
     analyse_buffer,
@@ -196,8 +207,16 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         y_safe = jnp.where(finite, y, state.window[-1])
         residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
         warm = state.monitor.n_resid >= buffer
-        outlier = finite & warm & (jnp.abs(residual) > config.sigma_bound * sigma_prev)
+        exceeds = finite & warm & (jnp.abs(residual) > config.sigma_bound * sigma_prev)
         out_of_order = timed & seen_time & (timestamp_ns < state.last_timestamp_ns)
+        # Level shift: the K-th consecutive exceedance on one side is accepted and re-anchors the
+        # state by ``shift`` (window, kernel forecasts, the detector's level); the K − 1 before it
+        # are rejected and change only the streak. A re-anchor is a regime change.
+        streak = exceedance_run(state.monitor.exceed_run, jnp.where(residual > 0, 1, -1))
+        reanchor = exceeds & ~out_of_order & (jnp.abs(streak) >= config.level_shift_confirm_steps)
+        outlier = exceeds & ~reanchor
+        shift = jnp.where(reanchor, residual, 0.0)
+        prev_window = jnp.where(reanchor, state.window + shift, state.window)
         rejected = ~finite | outlier | out_of_order
         latency = now_ns - timestamp_ns
         stale = timed & (latency > config.staleness_ttl_ns)
@@ -207,10 +226,10 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
 
         # window and counters -----------------------------------------------------------------
         first = ~has_prev
-        window = jnp.where(first, jnp.full(size, y_safe), jnp.roll(state.window, -1).at[-1].set(y_safe))
+        window = jnp.where(first, jnp.full(size, y_safe), jnp.roll(prev_window, -1).at[-1].set(y_safe))
         count = jnp.minimum(state.count + 1, 2**30)
         filled = jnp.minimum(count, size)
-        increment = jnp.where(has_prev, y_safe - state.window[-1], 0.0)
+        increment = jnp.where(has_prev, y_safe - prev_window[-1], 0.0)
 
         # frozen signal ---------------------------------------------------------------------------
         same = has_prev & (increment == 0.0)
@@ -235,9 +254,9 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         was_degraded = state.stale_degraded | state.frozen
 
         # 2-4. residuals, volatility, kurtosis, CUSUM ------------------------------------------
-        fed, reading = monitor_step(state.monitor, residual, alpha=alpha, h=config.cusum_h,
+        fed, reading = monitor_step(state.monitor, residual, y_safe, alpha=alpha, h=config.cusum_h,
                                     k=config.cusum_k, grace_period=config.grace_period_steps,
-                                    warmup=buffer)
+                                    warmup=buffer, shift=shift, force_alarm=reanchor)
         monitor = jax.tree_util.tree_map(lambda new, old: jnp.where(has_prev, new, old), fed, state.monitor)
         alarm = has_prev & reading.alarm
         vol_ratio = reading.vol_ratio
@@ -269,7 +288,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         # Standardise by σ *after* this residual entered it: bounded by 1/volatility_alpha per unit
         # of weight even for the first residual or a burst, and common to all kernels.
         sigma_post = jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR))
-        losses = _standardised_loss(y_safe - state.kernel_means, sigma_post, huber,
+        losses = _standardised_loss(y_safe - (state.kernel_means + shift), sigma_post, huber,
                                     config.sinkhorn_huber_delta)
         entropy_window = jnp.clip(config.entropy_window_relaxation_factor * config.jko_domain_length**2
                                   / vol_ratio**2, config.entropy_window_bounds_min,
@@ -370,7 +389,10 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
                        | jnp.where(outlier, int(EventCode.REJECTED_OUTLIER), 0)
                        | jnp.where(out_of_order, int(EventCode.REJECTED_OUT_OF_ORDER), 0))
         rejected_output = state.last_output.at[Out.EVENTS].set(reject_bits.astype(jnp.float64))
-        final_state = jax.tree_util.tree_map(lambda old, new: jnp.where(rejected, old, new), state, new_state)
+        # A rejected outlier changes the streak and nothing else; other rejections change nothing.
+        kept = replace(state, monitor=replace(state.monitor, exceed_run=jnp.where(
+            outlier & ~out_of_order, streak, state.monitor.exceed_run)))
+        final_state = jax.tree_util.tree_map(lambda old, new: jnp.where(rejected, old, new), kept, new_state)
         return final_state, jnp.where(rejected, rejected_output, output)
 
     return init, step, due, read

@@ -5,9 +5,12 @@ from __future__ import annotations
 from ..domain import KernelSpec
 from .hookspecs import hookimpl
 from .kernel_a import KERNEL_A
+from .kernel_c import KERNEL_C
 from .kernel_d import KERNEL_D
+from .kernel_n import KERNEL_N
+from .kernel_s import KERNEL_S
 
 
 @hookimpl
 def usp_register_kernels() -> list[KernelSpec]:
-    return [KERNEL_A, KERNEL_D]
+    return [KERNEL_A, KERNEL_C, KERNEL_D, KERNEL_N, KERNEL_S]

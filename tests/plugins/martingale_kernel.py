@@ -4,6 +4,10 @@ E[y_{t+1} | past] = y_t is the optimal forecast for a martingale; the scale is t
 of its own one-step errors (EMA), floored at 1e-12 of the last value (and at 1e-300 for a zero
 series) so that it stays > 0 on a constant stream. Registered through the ``usp`` hook like any
 plugin; it imports only ``usp.kernel``.
+
+USP has the same forecast built in as kernel N (``usp.plugins.kernel_n``, the mixture's fallback to
+the last value). This one stays, under its own name, as the test suite's *third-party* kernel: it
+exercises the entry-point path, and its EMA weight (0.05) and initial scale differ from N's.
 """
 
 from __future__ import annotations
