@@ -46,7 +46,7 @@ from .domain import (
     PredictorConfig,
     TimestampError,
 )
-from .domain._core import Out
+from .domain._core import Out, ReportLayout, report_size
 from .domain._events import EventCode
 
 
@@ -115,6 +115,8 @@ class BacktestResult(OutputColumns):
             ``usp.domain._core.Out``; the properties below read it). A rejected tick's row is the
             last valid one with only its event bits replaced.
         kernel_names: the K kernels, in weight order.
+        kernel_reports: the layout of the outputs' report block (``usp.domain._core.report_layout``;
+            None when no kernel reports).
         ticks_per_second: throughput, the T − 1 ticks after the first (which may compile) over
             their wall-clock seconds; informational, not part of equality.
     """
@@ -135,6 +137,7 @@ class BacktestResult(OutputColumns):
     values: np.ndarray = attrs.field(eq=_ARRAY_EQ, converter=_read_only, repr=False)
     outputs: np.ndarray = attrs.field(eq=_ARRAY_EQ, converter=_read_only, repr=False)
     kernel_names: tuple[str, ...]
+    kernel_reports: ReportLayout = None
     ticks_per_second: float = attrs.field(default=math.nan, eq=False)
 
     # -- per-tick views (float64[T] unless stated) ---------------------------------------------
@@ -145,7 +148,8 @@ class BacktestResult(OutputColumns):
 
     def result(self, tick: int) -> PredictionResult:
         """The full ``PredictionResult`` of one tick (telemetry and decoded events included)."""
-        return result_from_output(self.outputs[tick], self.kernel_names, int(self.timestamps_ns[tick]))
+        return result_from_output(self.outputs[tick], self.kernel_names, int(self.timestamps_ns[tick]),
+                                  reports=self.kernel_reports)
 
     def to_frame(self) -> Any:
         """The ticks as a pandas DataFrame indexed by UTC time: value, prediction (for the next
@@ -263,12 +267,13 @@ def stream(predictor: UniversalPredictor, observations: Iterable[tuple[int, floa
         if on_tick is not None:
             on_tick(stamp, value, output)
     seconds = time.perf_counter() - started
-    width = Out.length(len(predictor.kernel_names), 0)
+    width = Out.length(len(predictor.kernel_names), 0, report_size(predictor.kernel_reports))
     return Recording(np.asarray(stamps, dtype=np.int64), np.asarray(values, dtype=np.float64),
                      np.vstack(outputs) if outputs else np.zeros((0, width)), seconds)
 
 
-def score(recording: Recording, kernel_names: Sequence[str], nominal: float) -> BacktestResult:
+def score(recording: Recording, kernel_names: Sequence[str], nominal: float,
+          kernel_reports: ReportLayout = None) -> BacktestResult:
     """The summary of a replay (the one place ``usp run``'s figures are computed), as
     ``BacktestResult`` defines each figure: the forecast made at tick t is scored against the
     value at t+1, for t out of calibration and ticks t and t+1 both accepted. ``nominal`` is the
@@ -304,7 +309,7 @@ def score(recording: Recording, kernel_names: Sequence[str], nominal: float) -> 
         sparse_ticks=int(((events & int(EventCode.SPARSE_ARRIVAL)) > 0).sum()),
         branch_frozen_ticks=int((outputs[:, Out.BRANCH_FROZEN] > 0).sum()),
         timestamps_ns=recording.timestamps_ns, values=values, outputs=outputs, kernel_names=tuple(kernel_names),
-        ticks_per_second=rate)
+        kernel_reports=kernel_reports, ticks_per_second=rate)
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -516,7 +521,8 @@ def backtest(series: Any, config: PredictorConfig | str | os.PathLike[str] | Non
         from tqdm import tqdm
 
         ticks = tqdm(ticks, total=values.size, unit="tick", file=sys.stderr)
-    return score(stream(predictor, ticks), predictor.kernel_names, config.confidence_level)
+    return score(stream(predictor, ticks), predictor.kernel_names, config.confidence_level,
+                 predictor.kernel_reports)
 
 
 __all__ = ["BacktestResult", "Recording", "backtest", "observations", "pandas_timestamps", "replay_predictor",

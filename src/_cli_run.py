@@ -28,6 +28,7 @@ from .adapters.report_plot import draw_report, plot_format
 from .application import result_from_output
 from .composition import UniversalPredictor
 from .domain import ConfigError, DomainError, PredictorConfig
+from .domain._core import ReportLayout
 
 
 def check_outputs(data: Path, out: Path | None, plot: Path | None, config: Path | None = None) -> str | None:
@@ -82,18 +83,19 @@ def replay(data: Path, config: PredictorConfig, rows=None, progress: bool = True
                        "holder_exponent", "degraded", "events"])
 
         def on_tick(stamp: int, value: float, output: np.ndarray) -> None:
-            rows.writerow(_prediction_row(output, names, stamp, value))
+            rows.writerow(_prediction_row(output, names, stamp, value, predictor.kernel_reports))
 
     observations = read_observations(data, config.signal_sampling_interval, on_header=_note_header(data))
     recording = stream(predictor, tqdm(observations, total=_count_rows(data), unit="tick", disable=not progress,
                                        file=sys.stderr), on_tick)
     if recording.values.size == 0:
         raise DomainError(f"{data}: no observations")
-    return score(recording, names, config.confidence_level)
+    return score(recording, names, config.confidence_level, predictor.kernel_reports)
 
 
-def _prediction_row(output: np.ndarray, names: tuple[str, ...], stamp: int, value: float) -> list:
-    result = result_from_output(output, names, stamp)
+def _prediction_row(output: np.ndarray, names: tuple[str, ...], stamp: int, value: float,
+                    reports: ReportLayout) -> list:
+    result = result_from_output(output, names, stamp, reports=reports)
     telemetry = result.telemetry
     assert telemetry is not None  # (result_from_output always decodes it)
     return [stamp, repr(value), repr(result.reference_prediction), repr(result.confidence_lower),

@@ -8,6 +8,8 @@ A plugin needs nothing else from USP (``usp.testing.check_kernel`` checks it)::
   ``init``/``update``/``predict`` and the optional ``fit`` (the fit contract is in its docstring
   and in ``docs/plugins.md``).
 - :class:`Window`: what a kernel sees at each tick; :class:`KernelForecast`: what it returns.
+- :class:`KernelReport` and :class:`KernelEvent`: what the optional ``report`` says about a tick
+  (named diagnostics and event bits; the report contract is in ``KernelSpec``'s module docstring).
 - :data:`KernelState`: the alias for a kernel's own state (any pytree of fixed-shape arrays).
 - :func:`pytree`: the decorator for state classes (a frozen attrs class registered as a JAX
   pytree; a ``typing.dataclass_transform``, so type checkers see its ``__init__``).
@@ -15,7 +17,8 @@ A plugin needs nothing else from USP (``usp.testing.check_kernel`` checks it)::
   typed: it returns the instance's own class, where mypy rejects ``attrs.evolve`` on it).
 - :data:`hookimpl`: the pluggy marker for ``usp_register_kernels``.
 - :class:`PredictorConfig`: the configuration every kernel function receives (static under jit).
-- :data:`InitFn`, :data:`UpdateFn`, :data:`PredictFn`, :data:`FitFn`: the function types.
+- :data:`InitFn`, :data:`UpdateFn`, :data:`PredictFn`, :data:`FitFn`, :data:`ReportFn`: the
+  function types.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from .domain._config import PredictorConfig
 from .domain._kernel import (
     FitFn,
     InitFn,
+    KernelEvent,
     KernelForecast,
+    KernelReport,
     KernelSpec,
     KernelState,
     PredictFn,
+    ReportFn,
     UpdateFn,
     Window,
 )
@@ -35,6 +41,6 @@ from .domain._pytree import pytree, replace
 from .plugins.hookspecs import hookimpl
 
 __all__ = [
-    "FitFn", "InitFn", "KernelForecast", "KernelSpec", "KernelState", "PredictFn", "PredictorConfig",
-    "UpdateFn", "Window", "hookimpl", "pytree", "replace",
+    "FitFn", "InitFn", "KernelEvent", "KernelForecast", "KernelReport", "KernelSpec", "KernelState",
+    "PredictFn", "PredictorConfig", "ReportFn", "UpdateFn", "Window", "hookimpl", "pytree", "replace",
 ]

@@ -28,7 +28,7 @@ from . import _check_support as support
 from ._check_support import Problem, Traced
 from .application.snapshot import blocks_to_pytree, decode_snapshot, encode_snapshot, pytree_to_blocks
 from .domain._config import PredictorConfig
-from .domain._kernel import KernelForecast, KernelSpec
+from .domain._kernel import KernelEvent, KernelForecast, KernelReport, KernelSpec
 
 #: The checks, in the order they run, and what each one requires.
 CHECKS: dict[str, str] = {
@@ -48,6 +48,9 @@ CHECKS: dict[str, str] = {
     "fit": "fit (when defined) runs under jit and vmap, keeps the state's structure and stays finite, also on a "
            "history with NaN and ±inf entries",
     "fit_honoured": "fit_history applies fit once to the kernel state its scan leaves (through a predictor)",
+    "report": "report (when defined) runs under jit and vmap and returns a KernelReport of finite float64 values, "
+              "one per name in diagnostics, and an int32 scalar of KernelEvent bits, on every state of the "
+              "finite check",
 }
 _FIT_CHECKS = ("fit", "fit_honoured")
 _NON_FINITE_HISTORY = "a history with NaN and ±inf entries"
@@ -111,8 +114,9 @@ def check_kernel(spec: KernelSpec, config: PredictorConfig | None = None) -> Ker
     passed: list[str] = ["spec"]
     notes: list[str] = []
     has_fit = spec.fit is not None
+    skipped = (() if has_fit else _FIT_CHECKS) + (() if spec.report is not None else ("report",))
     for check in list(CHECKS)[1:]:
-        if check in _FIT_CHECKS and not has_fit:
+        if check in skipped:
             continue
         try:
             note = getattr(run, f"check_{check}")()
@@ -123,7 +127,6 @@ def check_kernel(spec: KernelSpec, config: PredictorConfig | None = None) -> Ker
         passed.append(check)
         if note:
             notes.append(note)
-    skipped = () if has_fit else _FIT_CHECKS
     return KernelCheckReport(name, tuple(passed), skipped, tuple(notes), time.perf_counter() - started)
 
 
@@ -137,6 +140,8 @@ def _check_spec(spec: Any) -> None:
             raise Problem(f"{field} is not callable: {getattr(spec, field)!r}")
     if spec.fit is not None and not callable(spec.fit):
         raise Problem(f"fit is neither None nor callable: {spec.fit!r}")
+    if spec.report is not None and not callable(spec.report):
+        raise Problem(f"report is neither None nor callable: {spec.report!r}")
 
 
 @contextmanager
@@ -368,6 +373,20 @@ class _Run:
         return ("fit left the state unchanged on the check's history, so fit_honoured cannot tell whether "
                 "fit_history applies it") if unchanged else None
 
+    def check_report(self) -> None:
+        assert self.spec.report is not None
+        report, names = self.spec.report, self.spec.diagnostics
+        report_jit = jax.jit(lambda state: report(state, self.config))
+        states = {"the cold state": self.cold, "the warm state": self.warm, **self.ends}
+        for where, state in states.items():
+            with _doing(f"report(state, config) under jax.jit on {where}"):
+                _check_report(report_jit(state), names, where)
+        batch = support.stack([self.cold, self.warm])
+        with _doing("jax.vmap(report) over a batch of 2 states"):
+            stacked = jax.jit(jax.vmap(lambda state: report(state, self.config)))(batch)
+        for i, single in enumerate((report_jit(self.cold), report_jit(self.warm))):
+            _same_row(stacked, i, single, "report")
+
     def check_fit_honoured(self) -> None:
         from . import FunctionalPredictor  # the public predictor, as an embedding host builds it
 
@@ -390,6 +409,23 @@ class _Run:
                           f"scan leaves, not fit(that state, history, config) ({diff})")
         raise Problem("FunctionalPredictor.fit_history's kernel state is not fit(state after the scan, history, "
                       f"config): {diff}; fit must run once, after the scan, on the whole history")
+
+
+def _check_report(report: Any, names: tuple[str, ...], where: str) -> None:
+    if not isinstance(report, KernelReport):
+        raise Problem(f"report returned {type(report).__name__}, not a KernelReport")
+    values, events = np.asarray(report.values), np.asarray(report.events)
+    if values.shape != (len(names),) or values.dtype != np.float64:
+        raise Problem(f"report values are {values.dtype}{list(values.shape)}; expected float64[{len(names)}], "
+                      f"one per diagnostic {names!r}")
+    if events.shape != () or events.dtype != np.int32:
+        raise Problem(f"report events are {events.dtype}{list(events.shape)}; expected an int32 scalar")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise Problem(f"diagnostic {names[bad[0]]!r} = {values[bad[0]]} on {where}; diagnostics must be finite")
+    unknown = int(events) & ~int(sum(KernelEvent))
+    if unknown:
+        raise Problem(f"report events hold bits {unknown:#x} that are not KernelEvent flags on {where}")
 
 
 def _fails(thunk: Callable[[], Any]) -> bool:

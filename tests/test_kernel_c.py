@@ -10,6 +10,7 @@ import pytest
 from usp import FunctionalPredictor, PredictorConfig, ProcessState, Window
 from usp.domain import levy
 from usp.domain._core import Out
+from usp.kernel import KernelEvent
 from usp.plugins import kernel_c
 from usp.plugins.kernel_a import KERNEL_A
 from usp.plugins.kernel_c import KERNEL_C
@@ -114,6 +115,13 @@ def test_fused_acd_beats_ad_on_merton_and_reports_c():
     for t in range(1, 6):
         state, result = with_c.step(state, ProcessState(float(series[t]), (t + 1) * 1_000_000_000))
         assert np.isfinite(result.telemetry.kernel_predictions["C"])
+        # the scheme telemetry: shares of ticks per scheme, stiffness, implicit sweeps and residual
+        diagnostics = result.telemetry.kernel_diagnostics["C"]
+        assert tuple(diagnostics) == kernel_c.DIAGNOSTICS
+        assert all(np.isfinite(v) for v in diagnostics.values())
+        shares = [diagnostics[f"{s}_share"] for s in ("explicit", "blended", "implicit")]
+        assert sum(shares) == pytest.approx(1.0) and diagnostics["max_stiffness"] >= 0.0
+        assert result.telemetry.kernel_events == {"C": ()}
     assert with_c._step._cache_size() == before
 
 
@@ -147,6 +155,26 @@ def test_a_step_far_beyond_the_stability_bound_is_detected_and_falls_back():
     assert not bool(unstable) and np.all(np.isfinite(np.asarray(implicit.endpoints)))
     nan = kernel_c.interval_scale(jnp.array([0.0, jnp.nan, 1.0]), 0.9, reference)
     assert bool(nan[1]) and float(nan[0]) == float(reference)
+
+
+def test_a_diverged_step_raises_the_unstable_event_and_keeps_the_state_finite():
+    """The whole update path: a forced explicit step of a stiff model diverges; the new state is
+    finite, counts it, and the report raises KernelEvent.UNSTABLE (the core's KernelUnstableEvent)."""
+    size = CONFIG.window_size
+    values = 1.0 + 0.01 * jnp.sin(jnp.arange(size, dtype=jnp.float64))
+    window = Window(values, jnp.int32(size), jnp.bool_(False), jnp.bool_(False))
+    state = kernel_c.init(CONFIG, jax.random.PRNGKey(0))
+    stiff = _model(kappa=1e5, level=1.0)
+    forced = kernel_c.advance(state, window, stiff, CONFIG, share=jnp.float64(0.0))
+    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(forced))
+    assert bool(forced.unstable) and int(forced.unstable_count) == 1
+    report = kernel_c.report(forced, CONFIG)
+    assert int(report.events) == int(KernelEvent.UNSTABLE)
+    assert float(report.values[kernel_c.DIAGNOSTICS.index("unstable_count")]) == 1.0
+    assert float(report.values[kernel_c.DIAGNOSTICS.index("max_stiffness")]) == pytest.approx(1e5, rel=1e-6)
+    chosen = kernel_c.advance(state, window, stiff, CONFIG)  # the rule picks the implicit scheme: stable
+    assert not bool(chosen.unstable) and int(kernel_c.report(chosen, CONFIG).events) == 0
+    assert float(kernel_c.report(chosen, CONFIG).values[kernel_c.DIAGNOSTICS.index("implicit_share")]) == 1.0
 
 
 def test_stable_jumps_when_the_tails_call_for_it():

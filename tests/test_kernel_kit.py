@@ -33,8 +33,9 @@ PLUGIN_MODULES = [ROOT / "tests" / "plugins" / "martingale_kernel.py",
 
 
 def test_the_kit_is_one_module_with_the_contract_objects():
-    assert set(usp.kernel.__all__) == {"FitFn", "InitFn", "KernelForecast", "KernelSpec", "KernelState", "PredictFn",
-                                       "PredictorConfig", "UpdateFn", "Window", "hookimpl", "pytree", "replace"}
+    assert set(usp.kernel.__all__) == {"FitFn", "InitFn", "KernelEvent", "KernelForecast", "KernelReport", "KernelSpec",
+                                       "KernelState", "PredictFn", "PredictorConfig", "ReportFn", "UpdateFn", "Window",
+                                       "hookimpl", "pytree", "replace"}
     assert usp.kernel.KernelSpec is KernelSpec and usp.kernel.Window is Window
     assert usp.kernel.KernelForecast is KernelForecast and usp.kernel.PredictorConfig is PredictorConfig
     assert usp.kernel.hookimpl is hookimpl

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from ..domain import PredictorConfig
-from ..domain._core import CoreState
+from ..domain._core import CoreState, ReportLayout
 from ..ports.state_store import StateStore
 from .snapshot import blocks_to_pytree, encode_snapshot, pytree_to_blocks
 from .snapshot_payload import decode_payload, payload_to_state, state_to_payload, to_host
@@ -30,22 +30,25 @@ def _rows(states: CoreState, count: int) -> list[CoreState]:
 
 
 def save_states(store: StateStore, keys: str | Sequence[str], states: CoreState, *, config: PredictorConfig,
-                kernel_names: Sequence[str], metas: Sequence[Mapping[str, Any]] | None = None) -> None:
+                kernel_names: Sequence[str], metas: Sequence[Mapping[str, Any]] | None = None,
+                reports: ReportLayout = None) -> None:
     """Save one asset (``keys`` a str) or a batch (one key per row of a batched state, one
     ``save_many``). ``metas`` (one per key, for a batch) adds plain values to each payload's
-    ``meta`` (e.g. ``receipt``, the source receipt of the last tick the state holds).
+    ``meta`` (e.g. ``receipt``, the source receipt of the last tick the state holds);
+    ``reports`` is the kernels' report layout (for the telemetry the payload carries).
     Raises the store's ``SnapshotWriteError`` / ``InsufficientStorageError``."""
     stamp = time.time_ns()
     if isinstance(keys, str):
         meta = dict(metas[0]) if metas else None
         store.save(keys, encode_snapshot(state_to_payload(config, kernel_names, states, timestamp_ns=stamp,
-                                                          meta=meta)))
+                                                          meta=meta, reports=reports)))
         return
     rows = _rows(states, len(keys))
     if metas is not None and len(metas) != len(keys):
         raise ValueError(f"{len(metas)} metas for {len(keys)} keys")
     extra = [dict(m) for m in metas] if metas is not None else [None] * len(keys)
-    store.save_many({key: encode_snapshot(state_to_payload(config, kernel_names, row, timestamp_ns=stamp, meta=meta))
+    store.save_many({key: encode_snapshot(state_to_payload(config, kernel_names, row, timestamp_ns=stamp, meta=meta,
+                                                               reports=reports))
                      for key, row, meta in zip(keys, rows, extra, strict=True)})
 
 

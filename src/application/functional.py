@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from ..domain import DomainError, KernelSpec, PredictorConfig
-from ..domain._core import UNTIMED, CoreState, refresh_due
+from ..domain._core import UNTIMED, CoreState, refresh_due, report_layout
 from ..ports import Clock
 from ..ports.state_store import StateStore
 from . import batch_snapshots
@@ -52,6 +52,8 @@ class FunctionalPredictor:
         self.clock = clock
         self.kernels = tuple(kernels)
         self.kernel_names = tuple(k.name for k in self.kernels)
+        #: the layout of the output's report block (``domain._core.report_layout``)
+        self.kernel_reports = report_layout(self.kernels)
         self.device = device
         self.batch_chunk = batch_chunk
         core = compiled_core(self.config, self.kernels, batch_chunk)
@@ -117,7 +119,8 @@ class FunctionalPredictor:
     def step(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, PredictionResult]:
         """One tick for one asset. Bad values never raise: they come back as events."""
         new_state, output, timestamp_ns = self.step_raw(state, obs)
-        return new_state, result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+        return new_state, result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag,
+                                                  reports=self.kernel_reports)
 
     def step_batch(self, states: CoreState, obs_batch: Sequence[ProcessState] | ColumnarBatch
                    ) -> tuple[CoreState, BatchPrediction]:
@@ -143,7 +146,7 @@ class FunctionalPredictor:
                               f"{expected} asset states")
         now = self._now(int(stamps.max()) if stamps.size else 0)
         new_states, outputs = self._step_batch(states, values, stamps, now, self._readings(states, values))
-        return new_states, BatchPrediction(np.asarray(outputs), self.kernel_names, stamps)
+        return new_states, BatchPrediction(np.asarray(outputs), self.kernel_names, stamps, self.kernel_reports)
 
     def _readings(self, states: CoreState, values: np.ndarray) -> jax.Array:
         """Roughness readings for a batch tick: only the due assets are read, in gathered pieces
@@ -190,7 +193,8 @@ class FunctionalPredictor:
     # -- persistence (usp.application.batch_snapshots; docs/persistence.md) ------------------
     def save_states(self, store: StateStore, keys: str | Sequence[str], states: CoreState) -> None:
         """Save one asset's state (``keys`` a str) or a batch (one key per row, one ``save_many``)."""
-        batch_snapshots.save_states(store, keys, states, config=self.config, kernel_names=self.kernel_names)
+        batch_snapshots.save_states(store, keys, states, config=self.config, kernel_names=self.kernel_names,
+                                    reports=self.kernel_reports)
 
     def load_states(self, store: StateStore, keys: str | Sequence[str], template: CoreState | None = None
                     ) -> tuple[CoreState, bool | np.ndarray]:

@@ -349,7 +349,8 @@ class Service:
         metas = [{} if receipt is None else {RECEIPT_META: receipt} for receipt in capture.receipts]
         functional = self.functional
         save_states(self.store, [asset_key(a) for a in capture.assets], host,  # type: ignore[arg-type]
-                    config=functional.config, kernel_names=functional.kernel_names, metas=metas)
+                    config=functional.config, kernel_names=functional.kernel_names, metas=metas,
+                    reports=functional.kernel_reports)
         return time.perf_counter() - began
 
     def _finished(self, capture: _Capture, future: Future) -> bool:

@@ -2,8 +2,8 @@
 
 The ``global`` block holds every ``CoreState`` field but ``kernels``, and ``kernels`` holds one
 block per kernel name. Telemetry and flags are derived from the state (informational: a restore
-reads only the blocks). ``dgm_entropy`` is NaN: no DGM kernel reports an entropy yet, and 0.0
-would read as a mode collapse.
+reads only the blocks). ``dgm_entropy`` is the ``"dgm_entropy"`` diagnostic of the first kernel
+that reports one, else NaN (0.0 would read as a mode collapse).
 
 Loading checks the digest, the schema version and :data:`COMPATIBILITY_KEYS` (the config values
 that fix the state's shapes or meaning), in that order. See docs/persistence.md.
@@ -22,8 +22,10 @@ import jax
 import numpy as np
 
 from ..domain import PredictorConfig
-from ..domain._core import CoreState, Out
+from ..domain._core import CoreState, Out, ReportLayout, report_size
+from ..domain._kernel import KernelEvent
 from ..domain._pytree import replace
+from ..domain._roughness import koopman_modes
 from .snapshot import blocks_to_pytree, decode_snapshot, pytree_to_blocks
 
 #: Config keys a snapshot must share with the predictor loading it (they fix shapes or meaning).
@@ -63,9 +65,30 @@ def to_host(state: Any) -> Any:
     return jax.tree_util.tree_map(_leaf_to_host, state)
 
 
+def _reported(out: np.ndarray, kernel_names: Sequence[str], reports: ReportLayout) -> tuple[float, bool]:
+    """``(dgm_entropy, mode_collapse)`` from an output vector's report block (NaN, False if none)."""
+    if reports is None:
+        return math.nan, False
+    block = out[out.size - report_size(reports):]
+    n = len(kernel_names)
+    collapse = bool(np.any(block[:n].astype(np.int64) & int(KernelEvent.MODE_COLLAPSE)))
+    offset = n
+    for names in reports:
+        if names is None:
+            continue
+        if "dgm_entropy" in names:
+            return float(block[offset + names.index("dgm_entropy")]), collapse
+        offset += len(names)
+    return math.nan, collapse
+
+
 def state_to_payload(config: PredictorConfig, kernel_names: Sequence[str], state: CoreState, *,
-                     timestamp_ns: int | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The codec payload of one asset's state (JAX leaves are copied to the host once)."""
+                     timestamp_ns: int | None = None, meta: dict[str, Any] | None = None,
+                     reports: ReportLayout = None) -> dict[str, Any]:
+    """The codec payload of one asset's state (JAX leaves are copied to the host once).
+
+    ``reports`` (the kernels' report layout) fills ``telemetry.dgm_entropy`` (NaN when no kernel
+    reports one) and ``flags.mode_collapse``."""
     host = to_host(state)
     if np.ndim(host.last_output) != 1:
         raise ValueError("state_to_payload takes one asset's state; save a batched state with one key "
@@ -73,15 +96,16 @@ def state_to_payload(config: PredictorConfig, kernel_names: Sequence[str], state
     if len(host.kernels) != len(kernel_names):
         raise ValueError(f"state has {len(host.kernels)} kernel blocks for kernels {list(kernel_names)}")
     out = np.asarray(host.last_output, dtype=np.float64)
+    dgm_entropy, mode_collapse = _reported(out, kernel_names, reports)
     return {
         "schema_version": config.schema_version,
         "timestamp": time.time_ns() if timestamp_ns is None else int(timestamp_ns),
         "config": dict(_config_values(config)),
         "global": pytree_to_blocks(replace(host, kernels=())),
-        "telemetry": {"kurtosis": float(out[Out.KURTOSIS]), "dgm_entropy": math.nan,
+        "telemetry": {"kurtosis": float(out[Out.KURTOSIS]), "dgm_entropy": dgm_entropy,
                       "adaptive_threshold": float(out[Out.THRESHOLD])},
         "flags": {"degraded_inference": bool(out[Out.DEGRADED]), "emergency": bool(host.emergency),
-                  "regime_change": bool(out[Out.REGIME_CHANGE]), "mode_collapse": False},
+                  "regime_change": bool(out[Out.REGIME_CHANGE]), "mode_collapse": mode_collapse},
         "kernels": {name: pytree_to_blocks(block) for name, block in zip(kernel_names, host.kernels,
                                                                           strict=True)},
         "meta": {"kernel_names": list(kernel_names), **(meta or {})},
@@ -120,10 +144,22 @@ def payload_to_state(config: PredictorConfig, template_state: CoreState, payload
     if absent:  # an older layout: the blocks added since start cold
         cold = pytree_to_blocks(to_host(replace(template_state, kernels=())))
         blocks = {**blocks, **{name: cold[name] for name in absent}}
+    blocks = _pad_last_output(blocks, template_state, Out.length(len(names), koopman_modes(config)))
     restored = blocks_to_pytree(replace(template_state, kernels=()), blocks)
     kernels = tuple(blocks_to_pytree(block, payload["kernels"][name])
                     for name, block in zip(names, template_state.kernels, strict=True))
     return replace(restored, kernels=kernels)
+
+
+def _pad_last_output(blocks: dict[str, Any], template_state: CoreState, unreported: int) -> dict[str, Any]:
+    """A ``last_output`` written before its kernels reported (``unreported`` long: no report
+    block) gets the template's cold report block: no report yet."""
+    stored = blocks.get(".last_output")
+    template = np.asarray(to_host(template_state).last_output)
+    if not isinstance(stored, np.ndarray) or stored.shape != (unreported,) or template.size <= unreported \
+            or stored.dtype != template.dtype:
+        return blocks
+    return {**blocks, ".last_output": np.concatenate([stored, template[stored.size:]])}
 
 
 def decode_payload(config: PredictorConfig, blob: bytes) -> dict[str, Any]:

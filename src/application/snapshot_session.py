@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from ..domain import IntegrityError, PredictorConfig
-from ..domain._core import CoreState
+from ..domain._core import CoreState, ReportLayout
 from ..ports.state_store import (
     DIGEST_HEX_LEN,
     CorruptedSnapshotEvent,
@@ -74,12 +74,14 @@ class SnapshotSubject:
         kernel_names: the order of ``state.kernels``.
         get_state: ``() -> CoreState``: the current state (one asset), never waiting on a tick.
         set_state: ``(state) -> None``: replace it (a restore), after any tick in progress.
+        kernel_reports: the kernels' report layout (``domain._core.report_layout``).
     """
 
     config: PredictorConfig
     kernel_names: tuple[str, ...]
     get_state: Callable[[], CoreState]
     set_state: Callable[[CoreState], None]
+    kernel_reports: ReportLayout = None
 
 
 class SnapshotSession:
@@ -158,7 +160,8 @@ class SnapshotSession:
 
     def _encode(self, state: CoreState, **options) -> bytes:
         subject = self._subject
-        return encode_snapshot(state_to_payload(subject.config, subject.kernel_names, state, **options))
+        return encode_snapshot(state_to_payload(subject.config, subject.kernel_names, state,
+                                                reports=subject.kernel_reports, **options))
 
     def _write(self, job: SnapshotJob) -> SnapshotReceipt:
         state, stamp = job.capture

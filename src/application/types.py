@@ -422,6 +422,21 @@ class TopologicalBranchReleasedEvent(Event):
     """Sampling is dense again: the Hölder reading and the circuit breaker resume."""
 
 
+class KernelUnstableEvent(Event):
+    """A kernel's simulation or solve was non-finite or diverged; it fell back to a safe forecast
+    (``Telemetry.kernel_events`` names the kernel)."""
+
+
+class GradientInstabilityEvent(Event):
+    """A kernel's training clipped its gradient norm too many iterations in a row; its learning
+    rate was lowered."""
+
+
+class ModeCollapseEvent(Event):
+    """A kernel's solution collapsed (its entropy stayed below the threshold): it gets no weight
+    until it recovers; ``mode_collapse_warning`` stays on meanwhile."""
+
+
 EVENT_TYPES: dict[EventCode, type[Event]] = {
     EventCode.REJECTED_NON_FINITE: NonFiniteRejectedEvent,
     EventCode.REJECTED_OUTLIER: OutlierRejectedEvent,
@@ -439,6 +454,9 @@ EVENT_TYPES: dict[EventCode, type[Event]] = {
     EventCode.TOPOLOGICAL_BRANCH_FROZEN: FreezingTopologicalBranchEvent,
     EventCode.TOPOLOGICAL_BRANCH_RELEASED: TopologicalBranchReleasedEvent,
     EventCode.REJECTED_MAGNITUDE: MagnitudeRejectedEvent,
+    EventCode.KERNEL_UNSTABLE: KernelUnstableEvent,
+    EventCode.KERNEL_GRADIENT_INSTABILITY: GradientInstabilityEvent,
+    EventCode.KERNEL_MODE_COLLAPSE: ModeCollapseEvent,
 }
 
 
@@ -457,7 +475,9 @@ def decode_events(bits: int, timestamp_ns: int | None = None) -> tuple[Event, ..
 class Telemetry:
     """Per-tick telemetry (spec §16 names plus the orchestrator's internals).
 
-    ``dgm_entropy`` is None and ``mode_collapse_warning`` False while kernel B is not enabled.
+    ``dgm_entropy`` is the ``"dgm_entropy"`` diagnostic of the first enabled kernel that reports
+    one (kernel B), else None; ``mode_collapse_warning`` is on while any kernel reports
+    ``KernelEvent.MODE_COLLAPSE``.
     Units: signal units for predictions, threshold and statistic; weights on the simplex.
     """
 
@@ -498,6 +518,10 @@ class Telemetry:
     events: tuple[Event, ...]
     #: signature depth and latency/jitter figures (ns) when load shedding is on, else None
     load_shedding: Mapping[str, Any] | None = None
+    #: what kernels with a ``report`` said about this tick: kernel name → diagnostic name → value
+    #: (units are each kernel's; docs/plugins.md), and kernel name → names of its KernelEvent bits
+    kernel_diagnostics: Mapping[str, Mapping[str, float]] = attrs.field(factory=dict)
+    kernel_events: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen

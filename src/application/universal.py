@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..domain._core import CoreState, Out
+from ..domain._core import CoreState, Out, ReportLayout
 from ..ports.state_store import EventCallback, StateStore, StoreEvent
 from ._load_shedding import LoadSheddingController, LoadSheddingPolicy, depth_variants
 from .functional import FunctionalPredictor
@@ -76,7 +76,8 @@ class UniversalPredictor:
         self._variants: dict[int, FunctionalPredictor] = {}
         self._snapshots = SnapshotSession(
             SnapshotSubject(config=self.config, kernel_names=self.kernel_names,
-                            get_state=lambda: self._state, set_state=self._replace_state), stores)
+                            get_state=lambda: self._state, set_state=self._replace_state,
+                            kernel_reports=self.kernel_reports), stores)
         if load_shedding:
             self._enable_load_shedding(load_shedding)
         else:
@@ -108,6 +109,11 @@ class UniversalPredictor:
     @property
     def kernel_names(self) -> tuple[str, ...]:
         return self._functional.kernel_names
+
+    @property
+    def kernel_reports(self) -> ReportLayout:
+        """The layout of the output's report block (``domain._core.report_layout``)."""
+        return self._functional.kernel_reports
 
     @property
     def state(self) -> CoreState:
@@ -155,7 +161,8 @@ class UniversalPredictor:
     def step(self, obs: ProcessState) -> PredictionResult:
         """One prediction cycle with domain, TTL and Nyquist validation."""
         output, timestamp_ns = self.step_raw(obs)
-        result = result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag)
+        result = result_from_output(output, self.kernel_names, timestamp_ns, obs.state_tag,
+                                    reports=self.kernel_reports)
         if self._shedding is not None and result.telemetry is not None:
             telemetry = attrs.evolve(result.telemetry, load_shedding=self._shedding.figures().as_dict())
             result = attrs.evolve(result, telemetry=telemetry)

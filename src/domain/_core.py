@@ -39,16 +39,18 @@ replay): no staleness, Nyquist or ordering checks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 import numpy as np
 
 from ._config import PredictorConfig
 from ._cusum import MonitorState, exceedance_run, monitor_init, monitor_step
 from ._events import EventCode
 from ._fusion import fuse
-from ._kernel import KernelSpec, Window
+from ._kernel import KernelEvent, KernelSpec, Window
 from ._pytree import pytree, replace
 from ._roughness import (
     Sia,
@@ -78,8 +80,10 @@ UNTIMED = -(2**63)
 
 
 class Out:
-    """Indices of the output vector: ``SIZE`` scalars, then n weights, n kernel means, and the
-    Koopman block (k frequencies, k growth rates, k powers)."""
+    """Indices of the output vector: ``SIZE`` scalars, then n weights, n kernel means, the
+    Koopman block (k frequencies, k growth rates, k powers) and, when some kernel has a
+    ``report``, the report block: n ``KernelEvent`` words (0 for a kernel without a report),
+    then every reporting kernel's diagnostics in kernel order (:func:`report_layout`)."""
 
     PREDICTION, LOWER, UPPER, MODE, EVENTS = 0, 1, 2, 3, 4
     HOLDER, KURTOSIS, CUSUM, THRESHOLD, DISTANCE = 5, 6, 7, 8, 9
@@ -94,8 +98,31 @@ class Out:
         return Out.SIZE + 2 * n_kernels
 
     @staticmethod
-    def length(n_kernels: int, n_modes: int) -> int:
+    def reports(n_kernels: int, n_modes: int) -> int:
+        """Offset of the report block."""
         return Out.SIZE + 2 * n_kernels + 3 * n_modes
+
+    @staticmethod
+    def length(n_kernels: int, n_modes: int, report_size: int = 0) -> int:
+        return Out.SIZE + 2 * n_kernels + 3 * n_modes + report_size
+
+
+#: Per kernel, the names of its diagnostics (``()`` for a report without values) or None for a
+#: kernel without a ``report``; None as a whole when no kernel reports (no report block).
+ReportLayout = tuple[tuple[str, ...] | None, ...] | None
+
+
+def report_layout(kernels: Sequence[KernelSpec]) -> ReportLayout:
+    """The report block's layout for ``kernels`` (:class:`Out`)."""
+    layout = tuple(spec.diagnostics if spec.report is not None else None for spec in kernels)
+    return layout if any(entry is not None for entry in layout) else None
+
+
+def report_size(layout: ReportLayout) -> int:
+    """Length of the report block: one event word per kernel plus every diagnostic."""
+    if layout is None:
+        return 0
+    return len(layout) + sum(len(entry) for entry in layout if entry is not None)
 
 
 @pytree
@@ -158,13 +185,14 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
     refresh = config.wtmm_refresh_steps
     holder_weight = refresh_weight(config.holder_smoothing, refresh)
     n_modes = koopman_modes(config)
+    layout = report_layout(kernels)
     validate_sia(config)
 
     def init(key: jax.Array) -> CoreState:
         keys = jax.random.split(key, n + 1)
         kernel_states = tuple(spec.init(config, keys[i + 1]) for i, spec in enumerate(kernels))
-        last = (jnp.zeros(Out.length(n, n_modes)).at[Out.CALIBRATING].set(1.0).at[Out.MODE].set(1.0)
-                .at[Out.HOLDER].set(0.5).at[Out.HOLDER_RAW].set(0.5))
+        last = (jnp.zeros(Out.length(n, n_modes, report_size(layout))).at[Out.CALIBRATING].set(1.0)
+                .at[Out.MODE].set(1.0).at[Out.HOLDER].set(0.5).at[Out.HOLDER_RAW].set(0.5))
         uniform = jnp.full(n, -jnp.log(float(n)), dtype=jnp.float64)
         return CoreState(
             window=jnp.zeros(size), count=jnp.int32(0), last_timestamp_ns=jnp.int64(UNTIMED),
@@ -334,6 +362,17 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         finite_kernels = jnp.isfinite(means) & jnp.isfinite(scales)
         means = jnp.where(finite_kernels, means, y_safe)
         scales = jnp.where(finite_kernels, scales, jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR)))
+        report_block, kernel_events = kernel_reports(kernel_states)
+        # A collapsed kernel gets no weight while it reports the collapse (the rest renormalised).
+        collapsed = (kernel_events & int(KernelEvent.MODE_COLLAPSE)) != 0
+        masked = jnp.where(collapsed, LOG_WEIGHT_FLOOR, log_weights)
+        masked = masked - jax.scipy.special.logsumexp(masked)
+        log_weights = jnp.where(jnp.any(collapsed) & ~jnp.all(collapsed), masked, log_weights)
+        weights = jnp.exp(log_weights)
+        previous_events = (state.last_output[Out.reports(n, n_modes):Out.reports(n, n_modes) + n].astype(jnp.int32)
+                           if layout is not None else jnp.zeros(n, jnp.int32))
+        kernel_bits = jax.lax.reduce(kernel_events, jnp.int32(0), jax.lax.bitwise_or, (0,))
+        collapse_raised = jnp.any(collapsed & ((previous_events & int(KernelEvent.MODE_COLLAPSE)) == 0))
 
         # 8. fuse, calibrate the interval -------------------------------------------------------
         level = config.confidence_level
@@ -357,7 +396,11 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
                             int(EventCode.SINKHORN_NOT_CONVERGED), 0)
                 | jnp.where(epsilon < EPSILON_WARNING, int(EventCode.LOW_EPSILON), 0)
                 | jnp.where(branch_frozen & ~state.branch_frozen, int(EventCode.TOPOLOGICAL_BRANCH_FROZEN), 0)
-                | jnp.where(~branch_frozen & state.branch_frozen, int(EventCode.TOPOLOGICAL_BRANCH_RELEASED), 0))
+                | jnp.where(~branch_frozen & state.branch_frozen, int(EventCode.TOPOLOGICAL_BRANCH_RELEASED), 0)
+                | jnp.where((kernel_bits & int(KernelEvent.UNSTABLE)) != 0, int(EventCode.KERNEL_UNSTABLE), 0)
+                | jnp.where((kernel_bits & int(KernelEvent.GRADIENT_INSTABILITY)) != 0,
+                            int(EventCode.KERNEL_GRADIENT_INSTABILITY), 0)
+                | jnp.where(collapse_raised, int(EventCode.KERNEL_MODE_COLLAPSE), 0))
         statistic = jnp.maximum(monitor.cusum.upper, monitor.cusum.lower)
         threshold, kurtosis = reading.threshold, reading.kurtosis
         head = jnp.stack([
@@ -369,7 +412,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             calibrating.astype(jnp.float64), sia[Sia.HOLDER], sia[Sia.WIDTH], sia[Sia.PALEY_WIENER],
             (sia[Sia.PALEY_WIENER] <= config.paley_wiener_integral_max).astype(jnp.float64),
             branch_frozen.astype(jnp.float64)])
-        output = jnp.concatenate([head, weights, means, sia[Sia.KOOPMAN:]])
+        output = jnp.concatenate([head, weights, means, sia[Sia.KOOPMAN:], report_block])
 
         new_state = CoreState(
             window=window, count=count,
@@ -394,5 +437,20 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             outlier & ~out_of_order, streak, state.monitor.exceed_run)))
         final_state = jax.tree_util.tree_map(lambda old, new: jnp.where(rejected, old, new), kept, new_state)
         return final_state, jnp.where(rejected, rejected_output, output)
+
+    def kernel_reports(kernel_states: Sequence[Any]) -> tuple[jax.Array, jax.Array]:
+        """The report block (float64[report_size]) and each kernel's event word (int32[n])."""
+        events, values = [], []
+        for spec, kstate in zip(kernels, kernel_states, strict=True):
+            if spec.report is None:
+                events.append(jnp.int32(0))
+                continue
+            report = spec.report(kstate, config)
+            events.append(jnp.asarray(report.events, jnp.int32).reshape(()))
+            values.append(jnp.asarray(report.values, jnp.float64).reshape(len(spec.diagnostics)))
+        event_words = jnp.stack(events) if events else jnp.zeros(0, jnp.int32)
+        if layout is None:
+            return jnp.zeros(0), event_words
+        return jnp.concatenate([event_words.astype(jnp.float64), *values]), event_words
 
     return init, step, due, read

@@ -27,6 +27,9 @@ class EventCode(enum.IntFlag):
     TOPOLOGICAL_BRANCH_FROZEN = 1 << 13    #: a quarter of recent gaps too coarse for the finest WTMM scale
     TOPOLOGICAL_BRANCH_RELEASED = 1 << 14  #: sampling dense again: the roughness reading resumes
     REJECTED_MAGNITUDE = 1 << 15       #: finite but |y| > MAGNITUDE_LIMIT (1e100): tick rejected, state untouched
+    KERNEL_UNSTABLE = 1 << 16          #: a kernel's simulation or solve diverged; it fell back (KernelEvent.UNSTABLE)
+    KERNEL_GRADIENT_INSTABILITY = 1 << 17  #: a kernel's training clipped too often; its learning rate was lowered
+    KERNEL_MODE_COLLAPSE = 1 << 18     #: a kernel's solution collapsed: it gets no weight until it recovers
 
     @classmethod
     def rejected(cls) -> EventCode:

@@ -19,10 +19,19 @@ do (a grid search over a smoothing constant, a batch least-squares solve, ...). 
 replay ``update`` over the history — the scan already did, and the kernel would learn the
 history twice — and it must return a state of the same pytree structure, shapes and dtypes.
 It runs under ``jit`` (once per history length) and ``vmap``, so the same purity rules apply.
+
+**The ``report`` contract.** A kernel may also say how it is doing: ``diagnostics`` names the
+float64 scalars it reports, and ``report(state, config) -> KernelReport`` (called on every
+accepted tick after ``predict``, under the same purity rules) returns their values in that order
+and this tick's :class:`KernelEvent` bits. The core carries both into the prediction's telemetry
+(``Prediction.kernel_diagnostics``, ``Prediction.kernel_events``), turns the bits into events, and
+gives a kernel that reports ``MODE_COLLAPSE`` no weight in the mixture while it does. A
+diagnostic named ``"dgm_entropy"`` is also ``Prediction.dgm_entropy``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -77,6 +86,35 @@ class KernelForecast:
     scale: jax.Array
 
 
+class KernelEvent(enum.IntFlag):
+    """What a kernel reports about one tick (:attr:`KernelReport.events`)."""
+
+    #: This tick's simulation or solve was non-finite or diverged; the kernel fell back to a safe
+    #: forecast (raises ``EventCode.KERNEL_UNSTABLE``).
+    UNSTABLE = 1 << 0
+    #: Training clipped its gradient norm too many iterations in a row and lowered its learning
+    #: rate (raises ``EventCode.KERNEL_GRADIENT_INSTABILITY``, the GradientInstabilityEvent).
+    GRADIENT_INSTABILITY = 1 << 1
+    #: A level, set on every tick while the kernel's solution is collapsed: the kernel gets no
+    #: weight in the mixture and ``mode_collapse_warning`` is on (the rising edge raises
+    #: ``EventCode.KERNEL_MODE_COLLAPSE``).
+    MODE_COLLAPSE = 1 << 2
+
+
+@pytree
+class KernelReport:
+    """One kernel's report on one tick.
+
+    Attributes:
+        values: float64[len(spec.diagnostics)], the diagnostics in ``KernelSpec.diagnostics``
+            order (units are the kernel's to document).
+        events: int32 scalar, the :class:`KernelEvent` bits of this tick.
+    """
+
+    values: jax.Array
+    events: jax.Array
+
+
 #: ``init(config, key) -> state``: a fresh (cold) state; ``key`` is a raw PRNG key (uint32[2]).
 InitFn: TypeAlias = Callable[[PredictorConfig, jax.Array], KernelState]
 #: ``update(state, window, config) -> state``: learn from ``window.values[-1]``.
@@ -85,6 +123,8 @@ UpdateFn: TypeAlias = Callable[[KernelState, Window, PredictorConfig], KernelSta
 PredictFn: TypeAlias = Callable[[KernelState, Window, PredictorConfig], KernelForecast]
 #: ``fit(state, history, config) -> state``: offline refinement on float64[T] (the fit contract).
 FitFn: TypeAlias = Callable[[KernelState, jax.Array, PredictorConfig], KernelState]
+#: ``report(state, config) -> KernelReport``: diagnostics and events of the tick (the report contract).
+ReportFn: TypeAlias = Callable[[KernelState, PredictorConfig], KernelReport]
 
 
 @attrs.frozen
@@ -102,6 +142,9 @@ class KernelSpec:
             ``update`` (per asset for a batched state), and keeps the state it returns. Offline
             refinement only: it must not replay ``update`` over the history (the scan did) and
             must return a state of the same structure, shapes and dtypes (module docstring).
+        diagnostics: names of the float64 scalars ``report`` returns, in order (unique).
+        report: optional ``(state, config) -> KernelReport`` (module docstring); a kernel with
+            ``diagnostics`` must have one.
         description: one line shown by ``usp kernels list``.
         source: where it came from (``builtin`` or the distribution that installed it); the
             plugin manager fills it in.
@@ -112,5 +155,16 @@ class KernelSpec:
     update: UpdateFn
     predict: PredictFn
     fit: FitFn | None = None
+    diagnostics: tuple[str, ...] = ()
+    report: ReportFn | None = None
     description: str = ""
     source: str = "builtin"
+
+    def __attrs_post_init__(self) -> None:
+        names = self.diagnostics
+        if (not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names)
+                or len(set(names)) != len(names)):
+            raise TypeError(f"kernel {self.name!r}: diagnostics must be a tuple of unique non-empty names, "
+                            f"got {names!r}")
+        if names and self.report is None:
+            raise TypeError(f"kernel {self.name!r} names diagnostics {names!r} but has no report function")

@@ -67,7 +67,9 @@ and the key of this tick's simulation, so replays are bit-identical. While
 
 Telemetry kept in the state: ticks per scheme (explicit, blended, implicit), the largest
 stiffness seen, the implicit sweeps of the last tick and their last residual, the instability
-count, and the latest estimates.
+count, and the latest estimates. :func:`report` hands them to the core every tick
+(``Telemetry.kernel_diagnostics["C"]``, names in :data:`DIAGNOSTICS`), and a diverged
+simulation raises ``KernelEvent.UNSTABLE`` (the ``KernelUnstableEvent`` of the tick).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ import jax.scipy.special
 from jax.scipy.special import ndtri
 
 from ..domain import KernelForecast, KernelSpec, PredictorConfig, Window
+from ..domain._kernel import KernelEvent, KernelReport
 from ..domain._pytree import pytree
 from ..domain.levy import holder_exponent, implicit_share, sample_stable, stiffness
 
@@ -367,19 +370,33 @@ def interval_scale(endpoints: jax.Array, level: float, reference: jax.Array) -> 
     return jnp.where(unstable, reference, scale), unstable
 
 
+def _magnitude(values: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.max(jnp.abs(values)), _TINY)
+
+
 def update(state: KernelCState, window: Window, config: PredictorConfig) -> KernelCState:
     """Re-estimate on the window, simulate one step, prepare the forecast (module docstring)."""
-    dt = config.signal_sampling_interval
-    key, sim_key = jax.random.split(state.key)
-    values, mask = window.values, window.mask
-    magnitude = jnp.maximum(jnp.max(jnp.abs(values)), _TINY)
-    u = values / magnitude
+    magnitude = _magnitude(window.values)
     prior_mean = jnp.clip(config.kernel_c_jump_mean / magnitude, -PRIOR_RELATIVE_MAX, PRIOR_RELATIVE_MAX)
     prior_scale = jnp.minimum(config.kernel_c_jump_scale / magnitude, PRIOR_RELATIVE_MAX)
-    model = estimate(u, mask, config.kernel_c_jump_intensity * dt, prior_mean, prior_scale,
+    prior_lam = config.kernel_c_jump_intensity * config.signal_sampling_interval
+    model = estimate(window.values / magnitude, window.mask, prior_lam, prior_mean, prior_scale,
                      config.kernel_c_jump_max_events)
+    return advance(state, window, model, config)
+
+
+def advance(state: KernelCState, window: Window, model: JumpDiffusion, config: PredictorConfig,
+            share: jax.Array | None = None) -> KernelCState:
+    """Simulate one step of ``model`` (fitted to ``window`` in normalised units: values over
+    their largest magnitude) and prepare the forecast: the second half of :func:`update`.
+    ``share`` forces the implicit share (None: the stiffness rule of :func:`simulate`)."""
+    dt = config.signal_sampling_interval
+    key, sim_key = jax.random.split(state.key)
+    values = window.values
+    magnitude = _magnitude(values)
+    u = values / magnitude
     sim = simulate(sim_key, u[-1], model, n_paths=N_PATHS, substeps=SUBSTEPS,
-                   max_events=config.kernel_c_jump_max_events, epsilon=config.sde_fd_epsilon)
+                   max_events=config.kernel_c_jump_max_events, epsilon=config.sde_fd_epsilon, share=share)
     reference = jnp.maximum(analytic_scale(model), SCALE_FLOOR_RELATIVE)
     scale_u, unstable = interval_scale(sim.endpoints - u[-1], config.confidence_level, reference)
     scale = jnp.maximum(scale_u, SCALE_FLOOR_RELATIVE) * magnitude
@@ -416,8 +433,29 @@ def predict(state: KernelCState, window: Window, config: PredictorConfig) -> Ker
     return KernelForecast(mean=mean, scale=jnp.maximum(scale, floor))
 
 
+#: What :func:`report` says each tick, in order: the shares of ticks integrated explicitly, in
+#: the blend and implicitly (each in [0, 1], summing to 1 once a tick was simulated); the
+#: largest stiffness ``S = |b'(x)| Δt`` seen (dimensionless); the implicit predictor–corrector
+#: sweeps of the last tick and their last residual (normalised units); diverged simulations so
+#: far; the jump intensity λ (per unit of time) and the stable index α (2 for normal jumps).
+DIAGNOSTICS = ("explicit_share", "blended_share", "implicit_share", "max_stiffness", "implicit_iterations",
+               "implicit_residual", "unstable_count", "jump_intensity", "stable_alpha")
+
+
+def report(state: KernelCState, config: PredictorConfig) -> KernelReport:
+    """The scheme telemetry and estimates (:data:`DIAGNOSTICS`) and this tick's instability event."""
+    del config
+    ticks = state.scheme_ticks.astype(jnp.float64)
+    shares = ticks / jnp.maximum(jnp.sum(ticks), 1.0)
+    values = jnp.concatenate([shares, jnp.stack([
+        state.max_stiffness, state.implicit_iterations.astype(jnp.float64), state.implicit_residual,
+        state.unstable_count.astype(jnp.float64), state.lam, jnp.where(state.stable, state.alpha, 2.0)])])
+    events = jnp.where(state.unstable, int(KernelEvent.UNSTABLE), 0).astype(jnp.int32)
+    return KernelReport(values=values, events=events)
+
+
 KERNEL_C = KernelSpec(
-    name="C", init=init, update=update, predict=predict,
+    name="C", init=init, update=update, predict=predict, diagnostics=DIAGNOSTICS, report=report,
     description="Itô–Lévy jump diffusion: bipower σ, threshold jumps (λ, m, s), mean x + (μ + λm)Δt, "
                 "interval by simulation (α-stable jumps by CMS when the tails call for it)",
 )
