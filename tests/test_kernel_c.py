@@ -97,15 +97,24 @@ def test_random_walk_within_5_percent_of_the_last_value(alone):
 
 
 def test_fused_acd_beats_ad_on_merton_and_reports_c():
-    series, _ = merton(TICKS, 0.2, 0.1, seed=7)
+    """Pooled over Merton paths of both intensities and several seeds, the mixture with C has the
+    lower one-step MSE (A+D alone is already within about 1% of the oracle on these paths, so the
+    margin is small; per path, C wins most of them)."""
     config = attrs.evolve(CONFIG, enabled_kernels=("A", "C", "D"))
     with_c = FunctionalPredictor(config, kernels=[KERNEL_A, KERNEL_C, KERNEL_D])
     without = FunctionalPredictor(attrs.evolve(config, enabled_kernels=("A", "D")), kernels=[KERNEL_A, KERNEL_D])
-    mse = {}
-    for name, predictor in (("ACD", with_c), ("AD", without)):
-        _, outputs = predictor._scan(predictor.init_state(), series)
-        mse[name] = np.mean((series[WARMUP + 1:] - np.asarray(outputs)[WARMUP:-1, Out.PREDICTION]) ** 2)
-    assert mse["ACD"] < mse["AD"], mse
+    squared: dict[str, list[float]] = {"ACD": [], "AD": []}
+    for lam, mu in CASES:
+        for seed in SEEDS:
+            series, _ = merton(TICKS, lam, mu, seed=seed)
+            for name, predictor in (("ACD", with_c), ("AD", without)):
+                _, outputs = predictor._scan(predictor.init_state(), series)
+                squared[name].append(float(np.mean(
+                    (series[WARMUP + 1:] - np.asarray(outputs)[WARMUP:-1, Out.PREDICTION]) ** 2)))
+    assert sum(squared["ACD"]) < sum(squared["AD"]), squared
+    wins = sum(acd < ad for acd, ad in zip(squared["ACD"], squared["AD"], strict=True))
+    assert wins > len(squared["AD"]) / 2, squared
+    series, _ = merton(TICKS, 0.2, 0.1, seed=7)
     # telemetry names C's own forecast, and stepping after warm-up compiles nothing
     state = with_c.init_state()
     with_c.warm_up(state)
