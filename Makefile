@@ -26,6 +26,9 @@ bench: $(BENCH_STAMP)  ## add the benchmark-only group, print the benchmark tabl
 	$(PY) benchmarks/bench_persistence.py
 	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/bench_kernel_c.py
+	$(PY) benchmarks/bench_kernel_b.py
+	$(PY) benchmarks/bench_cluster.py
+	$(PY) benchmarks/bench_tuning.py
 	$(PY) benchmarks/bench_change_detection.py
 	$(PY) benchmarks/bench_accuracy.py
 

@@ -8,6 +8,7 @@ breaker and a kurtosis-adaptive CUSUM regime detector. See README.md.
 from . import _jax_setup  # noqa: F401  (x64 and cache settings before any JAX use)
 from ._backtest import BacktestResult, backtest
 from .adapters.clocks import ManualClock, ReplayClock, SystemClock
+from .adapters.redis_cluster import ShardedTickProducer
 from .application import (
     BatchPrediction,
     ColumnarBatch,
@@ -17,6 +18,8 @@ from .application import (
     Telemetry,
 )
 from .application.config_file import load_config
+from .application.config_mutation import ConfigMutationError
+from .application.tuning import OptimizationResult
 from .application.types import (
     CriticalSingularityEvent,
     Event,
@@ -36,7 +39,7 @@ from .application.types import (
     StaleDataEvent,
     TopologicalBranchReleasedEvent,
 )
-from .composition import FunctionalPredictor, UniversalPredictor
+from .composition import BayesianMetaOptimizer, ConfigReloadablePredictor, FunctionalPredictor, UniversalPredictor
 from .domain import (
     ConfigError,
     DomainError,
@@ -52,12 +55,16 @@ from .domain import (
 )
 from .domain._events import EventCode
 from .ports.state_store import SnapshotKeyError
+from .ports.tuner import SearchSpace
 
 __all__ = [
     "BacktestResult",
     "BatchPrediction",
+    "BayesianMetaOptimizer",
     "ColumnarBatch",
     "ConfigError",
+    "ConfigMutationError",
+    "ConfigReloadablePredictor",
     "CriticalSingularityEvent",
     "DomainError",
     "Event",
@@ -76,6 +83,7 @@ __all__ = [
     "NonFiniteRejectedEvent",
     "NormalOperationRestoredEvent",
     "OperatingMode",
+    "OptimizationResult",
     "OutOfOrderRejectedEvent",
     "OutlierRejectedEvent",
     "PredictionResult",
@@ -83,6 +91,8 @@ __all__ = [
     "ProcessState",
     "RegimeChangedEvent",
     "ReplayClock",
+    "SearchSpace",
+    "ShardedTickProducer",
     "SingularityClearedEvent",
     "SinkhornNotConvergedEvent",
     "SnapshotKeyError",

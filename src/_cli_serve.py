@@ -17,17 +17,23 @@ predictions go out to sinks (files, ``-`` for stdout, a Redis stream), telemetry
 
 The service runs on a worker thread while the main thread waits for it, so a signal is handled
 at once, whatever the service is doing (compiling, waiting on a broker).
+
+``usp serve --cluster URL --shards P --sink redis://...?stream=NAME`` runs one worker of a
+scale-out cluster instead (:func:`serve_cluster`; ``composition.build_cluster_worker``,
+docs/scale-out.md), with the same signals, grace period and streams; at the end it releases its
+shards, whose last commits stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,8 @@ class ServeOptions:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     follow: bool = False
     max_batch: int = DEFAULT_MAX_BATCH
+    reload_every_s: float | None = None  #: follow ``config_path`` (``--reload-every``), or None
+    config_path: Path | None = None
 
 
 def check_options(options: ServeOptions, config_path: Path | None = None) -> None:
@@ -185,9 +193,11 @@ def describe(assembly: ServiceAssembly, options: ServeOptions) -> str:
              else f"every {assembly.snapshot_every_s:g} s and final")
     metrics = ("" if assembly.metrics_port is None
                else f"; metrics on http://localhost:{assembly.metrics_port}/metrics")
+    reload = ("" if options.reload_every_s is None
+              else f"; {options.config_path} reloaded when changed, checked every {options.reload_every_s:g} s")
     return (f"usp: serving {assembly.source.name} -> {', '.join(sink.name for sink in assembly.sinks)} "
             f"({clock}; snapshots {every} to {type(assembly.store).__name__}; batches of at most "
-            f"{options.max_batch} ticks{metrics})")
+            f"{options.max_batch} ticks{metrics}{reload})")
 
 
 def summary_line(summary: Any, signal_number: int | None, dropped: int) -> str:
@@ -197,7 +207,8 @@ def summary_line(summary: Any, signal_number: int | None, dropped: int) -> str:
     return (f"usp: served {summary.ticks} ticks of {summary.assets} assets in {summary.seconds:.2f} s "
             f"({rate:,.0f} ticks/s); {summary.restored} assets restored from the store; "
             f"{summary.skipped} redelivered ticks skipped; {summary.snapshots} snapshots; "
-            f"{how}; telemetry records dropped: {dropped}")
+            + (f"{summary.reloads} config reloads; " if summary.reloads else "")
+            + f"{how}; telemetry records dropped: {dropped}")
 
 
 def serve(options: ServeOptions, config: PredictorConfig, *, stdin: Any = None, stdout: Any = None,
@@ -213,18 +224,12 @@ def serve(options: ServeOptions, config: PredictorConfig, *, stdin: Any = None, 
             or a failure while serving (the sinks and the source are closed first).
     """
     stop = threading.Event()
-    signals = ShutdownSignals(stop, options.grace_seconds)
-    log, usp_logger = _StderrLog(), logging.getLogger("usp")
-    level = usp_logger.level
-    usp_logger.addHandler(log)
-    if usp_logger.getEffectiveLevel() > logging.INFO:
-        usp_logger.setLevel(logging.INFO)
-    signals.install()
-    try:
+    with _serving(stop, options.grace_seconds) as signals:
         assembly = build_service(config, source=options.source, sinks=options.sinks, follow=options.follow,
                                  metrics_port=options.metrics_port, metrics_assets=options.metrics_assets,
                                  snapshot_every_s=options.snapshot_every_s, max_batch=options.max_batch,
-                                 stdin=stdin, stdout=stdout)
+                                 stdin=stdin, stdout=stdout, config_path=options.config_path,
+                                 reload_every_s=options.reload_every_s)
         try:
             _say(describe(assembly, options) + "\n")
             summary = _run_in_worker(assembly, stop)  # (the service reports its shutdown telemetry)
@@ -235,13 +240,125 @@ def serve(options: ServeOptions, config: PredictorConfig, *, stdin: Any = None, 
         finally:
             assembly.close()
         return 0
+
+
+# -- usp serve --cluster (docs/scale-out.md) -------------------------------------------------------
+
+@attrs.frozen
+class ClusterOptions:
+    """The flags of ``usp serve --cluster URL --shards P --sink SPEC`` (units: seconds)."""
+
+    cluster: str
+    shards: int
+    sink: str
+    metrics_port: int | None = None
+    metrics_assets: tuple[str, ...] = ()
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    max_batch: int = DEFAULT_MAX_BATCH
+
+
+def cluster_options(*, cluster: str | None, shards: int | None, source: str | None, sinks: tuple[str, ...],
+                    follow: bool, snapshot_every_s: float | None, **rest: Any) -> ClusterOptions:
+    """The options of a cluster worker from the ``usp serve`` flags, refusing those that do not
+    go with ``--cluster`` before anything is opened.
+
+    Raises:
+        EndpointError: ``--cluster`` without ``--shards`` (or the reverse), with ``--source``,
+            ``--follow`` or ``--snapshot-every``, without exactly one ``--sink``, or a bad URL.
+    """
+    from .adapters.endpoints import EndpointError, parse_endpoint
+    from .adapters.redis_cluster import parse_cluster_url
+
+    if cluster is None:
+        raise EndpointError("--shards goes with --cluster URL (docs/scale-out.md)")
+    if shards is None:
+        raise EndpointError("--cluster needs --shards P, the number of shards the ticks were published to")
+    for flag, given in (("--source", source is not None), ("--follow", follow),
+                        ("--snapshot-every", snapshot_every_s is not None)):
+        if given:
+            raise EndpointError(f"{flag} does not go with --cluster: a worker reads its shards' streams and commits "
+                                "every micro-batch")
+    if len(sinks) != 1:
+        raise EndpointError("--cluster needs exactly one --sink redis://HOST:PORT/DB?stream=NAME on the cluster's "
+                            "server (the predictions of shard k go to NAME:{k})")
+    endpoint = parse_cluster_url(cluster)
+    output = parse_endpoint(sinks[0], "sink")
+    if output.kind != "redis" or output.url is None or not endpoint.same_database(output.url):
+        raise EndpointError(f"--sink {sinks[0]!r}: with --cluster the sink is a Redis stream on the cluster's own "
+                            "server and database (redis://HOST:PORT/DB?stream=NAME)")
+    return ClusterOptions(cluster=cluster, shards=shards, sink=sinks[0], **rest)
+
+
+def describe_cluster(assembly: Any, options: ClusterOptions) -> str:
+    """The start line of a cluster worker."""
+    broker = assembly.broker
+    metrics = ("" if assembly.metrics_port is None
+               else f"; metrics on http://localhost:{assembly.metrics_port}/metrics")
+    return (f"usp: worker {assembly.worker.worker_id} joining {broker.name} ({broker.shards} shards, lease "
+            f"{broker.lease_ms} ms) -> {broker.stream}:{{k}} (shard replay clocks; a commit every micro-batch of "
+            f"at most {options.max_batch} entries{metrics})")
+
+
+def cluster_summary_line(summary: Any, signal_number: int | None) -> str:
+    """The one-line summary printed when a cluster worker ends."""
+    rate = summary.ticks / summary.seconds if summary.seconds > 0 else 0.0
+    how = f"stopped by {signal.Signals(signal_number).name}" if signal_number is not None else "stopped"
+    return (f"usp: worker {summary.worker} applied {summary.ticks} ticks ({summary.entries} entries) in "
+            f"{summary.commits} commits over {summary.seconds:.2f} s ({rate:,.0f} ticks/s); shards acquired "
+            f"{summary.acquired}, released {summary.released}; leases found lost by a renewal: {summary.expired}; "
+            f"commits refused (fenced): {summary.fenced}; {how}")
+
+
+def serve_cluster(options: ClusterOptions, config: PredictorConfig, *,
+                  on_finished: Callable[[Any], None] | None = None) -> int:
+    """Run one cluster worker until a signal stops it; returns the exit status (0). Signals,
+    the grace period and the streams are as :func:`serve`'s; at the end the worker's shards are
+    released (their last commits stay) so that the other workers take them over at once.
+
+    Raises:
+        ConfigError, EndpointError, OSError: bad flags or URLs, a cluster set up with another
+            shard count or config, Redis unreachable (before any tick), or a Redis failure while
+            working (the leases then expire by themselves).
+    """
+    from .composition import build_cluster_worker
+
+    stop = threading.Event()
+    with _serving(stop, options.grace_seconds) as signals:
+        assembly = build_cluster_worker(config, cluster=options.cluster, shards=options.shards, sink=options.sink,
+                                        metrics_port=options.metrics_port, metrics_assets=options.metrics_assets,
+                                        max_batch=options.max_batch)
+        try:
+            _say(describe_cluster(assembly, options) + "\n")
+            summary = _run_in_worker(assembly, stop)
+            assembly.finish()
+            if on_finished is not None:
+                on_finished(assembly)
+            _say(cluster_summary_line(summary, signals.signal) + "\n")
+        finally:
+            assembly.close()
+        return 0
+
+
+@contextlib.contextmanager
+def _serving(stop: threading.Event, grace_seconds: float) -> Iterator[ShutdownSignals]:
+    """The process around a service: SIGTERM/SIGINT handlers that set ``stop`` (restored after),
+    and the ``usp`` logger's INFO lines on stderr."""
+    signals = ShutdownSignals(stop, grace_seconds)
+    log, usp_logger = _StderrLog(), logging.getLogger("usp")
+    level = usp_logger.level
+    usp_logger.addHandler(log)
+    if usp_logger.getEffectiveLevel() > logging.INFO:
+        usp_logger.setLevel(logging.INFO)
+    signals.install()
+    try:
+        yield signals
     finally:
         signals.restore()
         usp_logger.removeHandler(log)
         usp_logger.setLevel(level)
 
 
-def _run_in_worker(assembly: ServiceAssembly, stop: threading.Event) -> Any:
+def _run_in_worker(assembly: Any, stop: threading.Event) -> Any:
     """``assembly.run(stop)`` on a worker thread; the calling (main) thread waits in short,
     interruptible steps so that signal handlers run at once. Re-raises the service's error."""
     outcome: dict[str, Any] = {}
@@ -261,5 +378,6 @@ def _run_in_worker(assembly: ServiceAssembly, stop: threading.Event) -> Any:
     return outcome["summary"]
 
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "DEFAULT_MAX_BATCH", "EXIT_GRACE_EXPIRED", "ServeOptions", "ShutdownSignals",
-           "check_options", "describe", "serve", "summary_line"]
+__all__ = ["DEFAULT_GRACE_SECONDS", "DEFAULT_MAX_BATCH", "EXIT_GRACE_EXPIRED", "ClusterOptions", "ServeOptions",
+           "ShutdownSignals", "check_options", "cluster_options", "cluster_summary_line", "describe",
+           "describe_cluster", "serve", "serve_cluster", "summary_line"]

@@ -3,8 +3,15 @@
     usp --version                # "usp <version>" of the installed distribution
     usp [--debug] run DATA.csv [--config config.toml] [--out predictions.csv] [--plot report.png]
     usp [--debug] serve --source SPEC [--sink SPEC ...] [--config config.toml] [--metrics-port N]
-              [--snapshot-every S] [--grace-seconds S] [--follow] [--max-batch N]
+              [--snapshot-every S] [--grace-seconds S] [--follow] [--max-batch N] [--reload-every S]
                                  # the long-lived service (docs/service.md)
+    usp [--debug] serve --cluster redis://HOST:PORT/DB --shards P --sink redis://HOST:PORT/DB?stream=NAME
+              [--config config.toml] [--metrics-port N] [--max-batch N]
+                                 # one worker of a scale-out cluster (docs/scale-out.md)
+    usp [--debug] publish DATA.csv --to redis://HOST:PORT/DB --shards P
+                                 # ticks of a file into the cluster's shard streams
+    usp [--debug] tune DATA.csv ... [--tier fast|deep] [--trials N] [--seed S] [--storage URL] [--study NAME]
+              [--export config.toml] [--plot history.png]   # resumable tuning (docs/tuning.md)
     usp kernels list             # installed kernels, and plugins that failed to load
     usp config defaults          # the documented default config.toml on stdout
     usp config check FILE        # validate a config file exactly as building a predictor does
@@ -29,7 +36,11 @@ from typing import Any
 
 from . import _jax_setup
 from ._backtest import BacktestResult
+from ._cli_args import port as _port
+from ._cli_args import positive_int as _positive_int
+from ._cli_args import positive_seconds as _positive_seconds
 from ._cli_run import check_outputs, run
+from ._cli_tune import add_tune_parser
 from .adapters.clocks import ReplayClock
 from .adapters.report_plot import PLOT_FORMATS
 from .application.config_file import load_config
@@ -176,44 +187,43 @@ def _serve(args: argparse.Namespace) -> int:
 
     _jax_setup.apply_memory_settings()  # (already applied when usp was imported; a no-op then)
     config = load_config(args.config) if args.config else PredictorConfig()
+    if args.reload_every is not None and args.config is None:
+        raise ConfigError("--reload-every follows the --config file; give --config FILE")
+    if args.cluster is not None or args.shards is not None:
+        if args.reload_every is not None:
+            raise ConfigError("--reload-every is not available with --cluster: restart the workers with the new "
+                              "config")
+        cluster = _cli_serve.cluster_options(
+            cluster=args.cluster, shards=args.shards, source=args.source, sinks=tuple(args.sink or ()),
+            follow=args.follow, snapshot_every_s=args.snapshot_every, metrics_port=args.metrics_port,
+            metrics_assets=tuple(args.metrics_asset or ()), grace_seconds=args.grace_seconds,
+            max_batch=args.max_batch)
+        _enable_cache()
+        _jax_setup.check_backend()
+        return _cli_serve.serve_cluster(cluster, config)
     options = _cli_serve.ServeOptions(source=args.source, sinks=tuple(args.sink or ("-",)),
                                       metrics_port=args.metrics_port, metrics_assets=tuple(args.metrics_asset or ()),
                                       snapshot_every_s=args.snapshot_every, grace_seconds=args.grace_seconds,
-                                      follow=args.follow, max_batch=args.max_batch)
+                                      follow=args.follow, max_batch=args.max_batch,
+                                      reload_every_s=args.reload_every, config_path=args.config)
     _cli_serve.check_options(options, args.config)
     _enable_cache()
     _jax_setup.check_backend()
     return _cli_serve.serve(options, config)
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds > 0")
-    return value
+def _publish(args: argparse.Namespace) -> int:
+    from ._cli_publish import publish
+
+    return publish(args.data, args.to, args.shards)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value}: a port is 0 (any free port) to 65535")
-    return value
+def _tune(args: argparse.Namespace) -> int:
+    from ._cli_tune import tune
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
-    return value
+    _enable_cache()
+    _jax_setup.check_backend()
+    return tune(args)
 
 
 def version() -> str:
@@ -248,6 +258,15 @@ def _parser() -> argparse.ArgumentParser:
                             + ", ".join(f".{f}" for f in PLOT_FORMATS))
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_serve_parser(commands, debug)
+    publish = commands.add_parser(
+        "publish", parents=[debug], help="publish the ticks of a file to the shard streams of a cluster",
+        description="Read DATA as usp serve --source DATA does and publish each tick to the Redis stream of its "
+                    "asset's shard (CRC-32 of the id mod P), in file order. See docs/scale-out.md.")
+    publish.add_argument("data", type=Path, help="a .csv (asset,timestamp,value) or .jsonl file of ticks")
+    publish.add_argument("--to", required=True, metavar="URL",
+                         help="the cluster: redis://HOST:PORT/DB[?prefix=NAME]")
+    publish.add_argument("--shards", required=True, type=_positive_int, metavar="P", help="number of shards")
+    add_tune_parser(commands, debug)
     kernels = commands.add_parser("kernels", help="installed kernels", parents=[debug])
     kernels.add_argument("action", choices=["list"])
     config = commands.add_parser("config", help="configuration helpers", parents=[debug])
@@ -271,9 +290,15 @@ def _add_serve_parser(commands: Any, debug: argparse.ArgumentParser) -> None:
         epilog="Exit status: 0 after the source ended or a graceful shutdown; 2 bad flags, config or "
                "endpoints (one line); 124 the shutdown outlasted --grace-seconds; 128+N a second signal N.")
     serve.add_argument("--config", type=Path, help="config.toml (defaults if omitted)")
-    serve.add_argument("--source", required=True, metavar="SPEC",
-                       help=f"where ticks come from: {endpoints} (a Redis source adds &group=NAME "
-                            "[&consumer=NAME])")
+    origin = serve.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--source", metavar="SPEC",
+                        help=f"where ticks come from: {endpoints} (a Redis source adds &group=NAME "
+                             "[&consumer=NAME])")
+    origin.add_argument("--cluster", metavar="URL",
+                       help="work as one worker of a scale-out cluster instead: redis://HOST:PORT/DB "
+                            "[?prefix=NAME&lease_ms=N] (with --shards and one Redis --sink; docs/scale-out.md)")
+    serve.add_argument("--shards", type=_positive_int, metavar="P",
+                       help="with --cluster: the number of shards the ticks were published to")
     serve.add_argument("--sink", action="append", metavar="SPEC",
                        help=f"where predictions go, repeatable: {endpoints} (default: -)")
     serve.add_argument("--metrics-port", type=_port, metavar="PORT",
@@ -289,6 +314,10 @@ def _add_serve_parser(commands: Any, debug: argparse.ArgumentParser) -> None:
                        help="keep reading a file source as it grows (it is then live: wall-clock time)")
     serve.add_argument("--max-batch", type=_positive_int, default=4096, metavar="N",
                        help="most ticks per micro-batch (default: 4096)")
+    serve.add_argument("--reload-every", type=_positive_seconds, metavar="SECONDS",
+                       help="look at the --config file this often and adopt a new valid version between "
+                            "micro-batches (sensitivity changes keep every state, structural ones restart "
+                            "them cold; docs/service.md)")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -301,6 +330,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "tune":
+        return _tune(args)
+    if args.command == "publish":
+        return _publish(args)
     return _run(args)
 
 

@@ -32,8 +32,9 @@ whose ``__init__`` fills in those defaults and passes everything explicitly.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -46,7 +47,10 @@ from .adapters.stores import FileStore, check_key
 from .application._load_shedding import LoadSheddingController
 from .application.batching import BATCH_CHUNK
 from .application.functional import FunctionalPredictor as ExplicitFunctionalPredictor
+from .application.reloadable import ConfigReloadablePredictor as ExplicitConfigReloadablePredictor
 from .application.snapshot_session import SnapshotStores
+from .application.tuning import BayesianMetaOptimizer as ExplicitBayesianMetaOptimizer
+from .application.tuning import WalkForward, default_storage, recent_rmse
 from .application.universal import UniversalPredictor as ExplicitUniversalPredictor
 from .container import ServeContainer, store_for_config
 from .domain import ConfigError, KernelSpec, PredictorConfig
@@ -222,7 +226,8 @@ def build_service(config: PredictorConfig, *, source: str, sinks: Sequence[str] 
                   metrics_assets: Sequence[str] = (), snapshot_every_s: float | None = None,
                   max_batch: int = 4096, store: Any = None, stdin: Any = None, stdout: Any = None,
                   device_memory_interval_s: float = 5.0, kernels: Iterable[KernelSpec] | None = None,
-                  plugin_manager: Any = None) -> ServiceAssembly:
+                  plugin_manager: Any = None, config_path: str | os.PathLike[str] | None = None,
+                  reload_every_s: float | None = None) -> ServiceAssembly:
     """Wire ``usp serve``: everything is checked and opened here, nothing is read yet.
 
     Args:
@@ -243,19 +248,27 @@ def build_service(config: PredictorConfig, *, source: str, sinks: Sequence[str] 
         stdin: a binary stream for the ``-`` source (default ``sys.stdin.buffer``).
         device_memory_interval_s: period of the device memory monitor (GPU hosts only).
         kernels, plugin_manager: as :class:`FunctionalPredictor`'s.
+        config_path, reload_every_s: follow the config file ``config`` was loaded from, looking
+            at it every ``reload_every_s`` seconds (``usp.application.service.ConfigReload``);
+            None: no reload.
 
     Raises:
-        ConfigError: the config cannot run here (as :class:`FunctionalPredictor`).
+        ConfigError: the config cannot run here (as :class:`FunctionalPredictor`), or a reload
+            period without a config file.
         usp.adapters.endpoints.EndpointError: a bad source or sink spec.
         OSError: a file, a port or a broker that cannot be opened.
     """
     from .adapters.device_memory import DeviceMemoryMonitor
-    from .application.service import Service
+    from .application.reloadable import ConfigFileWatch
+    from .application.service import ConfigReload, Service
 
     if max_batch < 1:
         raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
     if snapshot_every_s is not None and not snapshot_every_s > 0:
         raise ConfigError(f"the snapshot period must be > 0 seconds, got {snapshot_every_s}")
+    if reload_every_s is not None and (config_path is None or not reload_every_s > 0):
+        raise ConfigError(f"a config reload needs the config file and a period > 0 seconds, got "
+                          f"{config_path!r} every {reload_every_s}")
     dependencies = _functional_dependencies(config, None, kernels, plugin_manager)  # config errors first
     config = dependencies["config"]
     container = ServeContainer()
@@ -293,9 +306,18 @@ def build_service(config: PredictorConfig, *, source: str, sinks: Sequence[str] 
         state_store = configured_store(config) if store is None else store
         period = (snapshot_every_s if snapshot_every_s is not None
                   else LIVE_SNAPSHOT_EVERY_S if opened_source.live else None)
+        reload = None
+        if reload_every_s is not None:
+            clock = dependencies["clock"]
+
+            def rebuild(new_config: PredictorConfig) -> ExplicitFunctionalPredictor:
+                return ExplicitFunctionalPredictor(**_functional_dependencies(new_config, clock, kernels,
+                                                                              plugin_manager))
+
+            reload = ConfigReload(ConfigFileWatch(config_path), rebuild, reload_every_s)  # type: ignore[arg-type]
         service = Service(functional, opened_source, list(opened_sinks), store=state_store, telemetry=queue,
                           snapshot_every_s=period, max_batch=max_batch,
-                          hash_interval_steps=config.telemetry_hash_interval_steps)
+                          hash_interval_steps=config.telemetry_hash_interval_steps, reload=reload)
         counted.append(service)
         # (its level changes are logged by the LoggingTelemetry sink, which gets every reading)
         monitor = DeviceMemoryMonitor(queue.offer, interval_s=device_memory_interval_s, log=False)
@@ -305,5 +327,189 @@ def build_service(config: PredictorConfig, *, source: str, sinks: Sequence[str] 
                            monitor=monitor, snapshot_every_s=period)
 
 
-__all__ = ["LIVE_SNAPSHOT_EVERY_S", "FunctionalPredictor", "ServiceAssembly", "UniversalPredictor",
-           "build_service", "check_runtime", "configured_store", "platform_device", "snapshot_stores"]
+# -- usp serve --cluster (docs/scale-out.md) --------------------------------------------------------
+
+@attrs.define(eq=False)
+class ClusterAssembly:
+    """Everything one worker of ``usp serve --cluster`` runs, as :func:`build_cluster_worker`
+    wired it. Lifecycle as :class:`ServiceAssembly`: :meth:`run` once, :meth:`finish`, :meth:`close`."""
+
+    worker: Any                          #: usp.application.cluster.ShardWorker
+    functional: ExplicitFunctionalPredictor
+    broker: Any                          #: usp.adapters.redis_cluster.RedisShards
+    telemetry: Any                       #: TelemetryQueue
+    prometheus: Any                      #: PrometheusTelemetry, or None without a metrics port
+    metrics_port: int | None             #: the bound port of /metrics (None: no endpoint)
+    monitor: Any                         #: DeviceMemoryMonitor
+    _finished: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def run(self, stop: threading.Event) -> Any:
+        """Work until ``stop`` is set; returns the worker's ``ClusterSummary``."""
+        self.monitor.start()
+        try:
+            return self.worker.run(stop)
+        finally:
+            self.monitor.stop()
+
+    def finish(self, telemetry_timeout_s: float = TELEMETRY_DRAIN_S) -> bool:
+        """Let the telemetry drain and close the Redis connection; idempotent."""
+        if self._finished:
+            return True
+        self._finished = True
+        self.monitor.stop()
+        try:
+            return bool(self.telemetry.close(telemetry_timeout_s))
+        finally:
+            self.broker.close()
+
+    def close(self, telemetry_timeout_s: float = TELEMETRY_DRAIN_S) -> bool:
+        """:meth:`finish`, then stop the ``/metrics`` endpoint; idempotent."""
+        try:
+            return self.finish(telemetry_timeout_s)
+        finally:
+            if not self._closed:
+                self._closed = True
+                if self.prometheus is not None:
+                    self.prometheus.close()
+
+
+def default_worker_id() -> str:
+    """``HOST:PID:RANDOM`` (6 hex digits): unique among the workers of a cluster."""
+    import secrets
+    import socket
+
+    host = "".join(c for c in socket.gethostname() if not c.isspace()) or "host"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def build_cluster_worker(config: PredictorConfig, *, cluster: str, shards: int, sink: str,
+                         metrics_port: int | None = None, metrics_addr: str = "0.0.0.0",
+                         metrics_assets: Sequence[str] = (), max_batch: int = 4096, worker_id: str | None = None,
+                         device_memory_interval_s: float = 5.0, kernels: Iterable[KernelSpec] | None = None,
+                         plugin_manager: Any = None) -> ClusterAssembly:
+    """Wire one worker of ``usp serve --cluster`` (docs/scale-out.md); nothing is read yet.
+
+    Args:
+        config: the predictor's config (every worker of a cluster runs the same one: its digest
+            is recorded in the cluster and checked).
+        cluster: the cluster URL, ``redis://HOST:PORT/DB[?prefix=NAME&lease_ms=N]``.
+        shards: P, the shard count (recorded in the cluster and checked).
+        sink: ``redis://HOST:PORT/DB?stream=NAME`` on the cluster's server and database: the
+            predictions of shard ``k`` go to ``NAME:{k}``, committed with the states.
+        metrics_port, metrics_addr, metrics_assets, device_memory_interval_s, kernels,
+            plugin_manager: as :func:`build_service`'s.
+        max_batch: most entries per micro-batch (one commit each).
+        worker_id: the worker's name in the live set (default :func:`default_worker_id`).
+
+    Raises:
+        ConfigError: a bad config, shard count or batch size, or a cluster set up with another
+            shard count or config.
+        usp.adapters.endpoints.EndpointError: a bad cluster URL or sink.
+        OSError: Redis or the metrics port cannot be opened (``BrokerError`` for Redis).
+    """
+    from .adapters.device_memory import DeviceMemoryMonitor
+    from .adapters.endpoints import EndpointError, parse_endpoint
+    from .adapters.prometheus import ClusterMetrics
+    from .adapters.redis_cluster import RedisShards, config_digest, parse_cluster_url
+    from .application.cluster import ShardWorker
+    from .domain._config import core_config
+
+    if max_batch < 1:
+        raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+    if shards < 1:
+        raise ConfigError(f"--shards must be >= 1, got {shards}")
+    endpoint = parse_cluster_url(cluster)
+    output = parse_endpoint(sink, "sink")
+    if output.kind != "redis" or output.url is None or output.stream is None or not endpoint.same_database(output.url):
+        raise EndpointError(f"--sink {sink!r}: with --cluster the sink is a Redis stream on the cluster's own server "
+                            "and database (redis://HOST:PORT/DB?stream=NAME): each commit writes the predictions "
+                            "atomically with the states")
+    functional = ExplicitFunctionalPredictor(**_functional_dependencies(config, ReplayClock(), kernels,
+                                                                        plugin_manager))
+    digest = config_digest({"config": attrs.asdict(core_config(functional.config)),
+                            "kernels": list(functional.kernel_names)})
+    container = ServeContainer()
+    container.config.from_dict({"metrics_port": metrics_port, "metrics_assets": list(metrics_assets),
+                                "telemetry_buffer_maxlen": functional.config.telemetry_buffer_maxlen})
+    with contextlib.ExitStack() as undo:
+        queue = container.telemetry_queue()
+        undo.callback(queue.close, 0.0)
+        prometheus, bound, observer = None, None, None
+        if metrics_port is not None:
+            prometheus = container.prometheus_telemetry()
+            prometheus.watch_drops(queue.dropped_total)
+            observer = ClusterMetrics(prometheus.registry)
+            undo.callback(prometheus.close)
+            bound = int(prometheus.serve(metrics_port, metrics_addr))
+        broker = RedisShards(endpoint, shards, output.stream,
+                             on_event=lambda event: queue.offer(MalformedTelemetry(count=1)))
+        undo.callback(broker.close)
+        broker.join(digest)
+        worker = ShardWorker(broker, functional, clock=ReplayClock, worker_id=worker_id or default_worker_id(),
+                             max_batch=max_batch, telemetry=queue, observer=observer)
+        monitor = DeviceMemoryMonitor(queue.offer, interval_s=device_memory_interval_s, log=False)
+        undo.pop_all()
+    return ClusterAssembly(worker=worker, functional=functional, broker=broker, telemetry=queue,
+                           prometheus=prometheus, metrics_port=bound, monitor=monitor)
+
+
+
+# -- tuning and hot reload (usp tune; docs/tuning.md) -----------------------------------------------
+
+def tuning_predictor(config: PredictorConfig, plugin_manager: Any = None) -> ExplicitFunctionalPredictor:
+    """A config's ``FunctionalPredictor`` on a replay clock: what the walk-forward objective streams."""
+    return ExplicitFunctionalPredictor(**_functional_dependencies(config, ReplayClock(), None, plugin_manager))
+
+
+def walk_forward(series: Sequence[Any], base: PredictorConfig | None = None, *, metric: str = "mase", folds: int = 5,
+                 warmup: int | None = None, plugin_manager: Any = None, **options: Any) -> WalkForward:
+    """The walk-forward objective (``usp.application.tuning.WalkForward``) of ``series`` around the
+    ``base`` config (defaults if None); ``warmup`` defaults to ``base.wtmm_buffer_size``."""
+    base = base or PredictorConfig()
+    return WalkForward(series, base, lambda config: tuning_predictor(config, plugin_manager), metric=metric,
+                       folds=folds, warmup=base.wtmm_buffer_size if warmup is None else warmup, **options)
+
+
+class BayesianMetaOptimizer(ExplicitBayesianMetaOptimizer):
+    """The resumable TPE campaign of spec §21.1 on an Optuna study (``usp.adapters.optuna_tuner``).
+
+    Arguments as ``usp.application.tuning.BayesianMetaOptimizer``'s, with the tuner built from
+    ``storage`` (``journal:PATH``, ``redis://...`` or an RDB URL; default: the journal in the
+    directory of the default ``checkpoint_path``), ``seed``, ``sampler`` ("tpe" or "random") and
+    ``metadata`` (the campaign's identity, checked when the study is resumed).
+    """
+
+    def __init__(self, search_space: Mapping[str, Any], objective_fn: Callable[[dict[str, Any]], float],
+                 study_name: str, max_iterations: int, tier: str = "fast", *, storage: str | None = None,
+                 seed: int = 0, sampler: str = "tpe", metadata: Mapping[str, Any] | None = None,
+                 **options: Any) -> None:
+        from .adapters.optuna_tuner import OptunaTuner
+
+        storage = default_storage(PredictorConfig()) if storage is None else storage
+        tuner = OptunaTuner(storage, study_name, seed=seed, sampler=sampler, metadata=metadata)
+        super().__init__(search_space, objective_fn, study_name, max_iterations, tier, tuner=tuner, **options)
+
+
+class ConfigReloadablePredictor(ExplicitConfigReloadablePredictor):
+    """A ``UniversalPredictor`` that follows its config file (spec §21.4;
+    ``usp.application.reloadable``): ``check_and_reload_config()`` adopts a changed, valid file,
+    keeping the state when only sensitivity keys changed. ``clock`` and ``plugin_manager`` as
+    :class:`UniversalPredictor`'s."""
+
+    def __init__(self, config_path: str | os.PathLike[str] = "config.toml", clock: Clock | None = None, *,
+                 plugin_manager: Any = None) -> None:
+        clock = SystemClock() if clock is None else clock
+        super().__init__(config_path, build=lambda config: ExplicitFunctionalPredictor(
+            **_functional_dependencies(config, clock, None, plugin_manager)), stores_for=snapshot_stores)
+
+
+def rollback_score(plugin_manager: Any = None) -> Callable[[PredictorConfig, Sequence[Any], int], float]:
+    """The rollback guardrail's measure (``usp.application.tuning.recent_rmse``) with this root's predictors."""
+    return recent_rmse(lambda config: tuning_predictor(config, plugin_manager))
+
+
+__all__ = ["LIVE_SNAPSHOT_EVERY_S", "BayesianMetaOptimizer", "ClusterAssembly", "ConfigReloadablePredictor",
+           "FunctionalPredictor", "ServiceAssembly", "UniversalPredictor", "build_cluster_worker", "build_service",
+           "check_runtime", "configured_store", "default_worker_id", "platform_device", "rollback_score",
+           "snapshot_stores", "tuning_predictor", "walk_forward"]

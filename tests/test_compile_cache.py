@@ -63,9 +63,9 @@ def test_configs_differing_only_in_io_keys_compile_nothing_new(tmp_path):
 
 
 def test_a_core_key_does_compile_anew():
-    """The counter sees compilations: a non-I/O key is part of the compiled graph's key."""
+    """The counter sees compilations: a structural (not traced) core key is part of the compiled graph's key."""
     first = _use(BASE)
     with traced_functions() as traced:
-        second = _use(attrs.evolve(BASE, cusum_k=BASE.cusum_k * 1.5))
+        second = _use(attrs.evolve(BASE, volatility_alpha=BASE.volatility_alpha * 1.5))
     assert traced and second.functional._step is not first.functional._step
     np.testing.assert_array_equal(np.asarray(second.state.window), np.asarray(first.state.window))

@@ -45,14 +45,6 @@ class Pending:
 
 
 PENDING: dict[str, Pending] = {
-    # [orchestrator]: kernel B
-    "entropy_scaling_trigger": Pending(17, "kernel B (Fokker–Planck / Deep Galerkin): entropy ratio "
-                                           "that triggers the DGM architecture scaling (Build 5)"),
-    # [meta_optimization]: `usp tune`
-    "max_deep_tuning_iterations": Pending(16, "`usp tune`: trial budget of the deep tier"),
-    "checkpoint_path": Pending(16, "`usp tune`: directory of the study journal / checkpoints"),
-    "mutation_protocol_version": Pending(16, "`usp tune`: version of the config mutation protocol "
-                                             "(export_to_toml, audit log)"),
 }
 
 

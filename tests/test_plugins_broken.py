@@ -62,7 +62,7 @@ def site(tmp_path, monkeypatch) -> Path:
 
 def test_broken_plugins_are_listed_and_skipped(site):
     manager = build_plugin_manager()
-    assert set(available_kernels(manager)) == {"A", "C", "D", "N", "S"}
+    assert set(available_kernels(manager)) == {"A", "B", "C", "D", "N", "S"}
     broken = {b.name: b for b in broken_plugins(manager)}
     assert set(broken) == set(BROKEN)
     assert broken["import_fails"].source == "usp-test-import_fails 1.0"

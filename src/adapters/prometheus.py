@@ -46,6 +46,20 @@ metric                                            type       meaning
                                                              shutdown (spec §11)
 ================================================  =========  ====================================
 
+A worker of ``usp serve --cluster`` adds, through :class:`ClusterMetrics` on the same registry:
+
+================================================  =========  ====================================
+``usp_cluster_shards_owned``                      gauge      shards whose lease this worker holds
+``usp_cluster_lease_renewals_total``              counter    lease renewals that succeeded
+``usp_cluster_lease_losses_total{reason}``        counter    leases lost: ``expired`` (a renewal
+                                                             found it gone), ``fenced`` (a commit
+                                                             was refused)
+``usp_cluster_commit_seconds``                    histogram  one micro-batch's commit: encoding its
+                                                             states and the atomic script
+``usp_cluster_lag_entries{shard}``                gauge      entries of an owned shard's stream
+                                                             not applied yet
+================================================  =========  ====================================
+
 Jitter follows the project's load-shedding definition (spec §19): the step-to-step variation
 of the per-tick latency, RFC 3550 style; the latency distribution itself is ``usp_step_seconds``.
 The asset gauges, weights and jitter are computed at scrape time from arrays kept per asset
@@ -76,14 +90,17 @@ from ..ports.telemetry import (
     TickTelemetry,
 )
 
-__all__ = ["MODE_NAMES", "REJECTION_REASONS", "SNAPSHOT_BUCKETS", "STEP_BUCKETS", "PrometheusTelemetry",
-           "nearest_rank"]
+__all__ = ["COMMIT_BUCKETS", "MODE_NAMES", "REJECTION_REASONS", "SNAPSHOT_BUCKETS", "STEP_BUCKETS", "ClusterMetrics",
+           "PrometheusTelemetry", "nearest_rank"]
 
 #: Histogram buckets of ``usp_step_seconds`` / ``usp_batch_seconds`` (s): 1 µs to 10 s, 1-2.5-5.
 STEP_BUCKETS: tuple[float, ...] = (*(float(f"{m}e{e}") for e in range(-6, 1) for m in (1, 2.5, 5)), 10.0)
 #: Histogram buckets of ``usp_snapshot_seconds`` (s): 1 ms to 60 s.
 SNAPSHOT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                                        10.0, 30.0, 60.0)
+#: Histogram buckets of ``usp_cluster_commit_seconds`` (s): 0.5 ms to 10 s.
+COMMIT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                     10.0)
 #: The ``reason`` label of ``usp_ticks_rejected_total`` for each rejection bit.
 REJECTION_REASONS: dict[str, int] = {
     "non_finite": int(EventCode.REJECTED_NON_FINITE),
@@ -287,3 +304,47 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         return self._owner._state_metrics()
+
+
+class ClusterMetrics:
+    """The per-worker metrics of ``usp serve --cluster`` (a ``usp.application.cluster.ClusterObserver``),
+    registered on ``registry`` (a :class:`PrometheusTelemetry`'s, so one ``/metrics`` serves both);
+    the table is in the module doc. Thread-safe (prometheus_client's metrics are)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._owned = Gauge("usp_cluster_shards_owned", "Shards whose lease this worker holds", registry=registry)
+        self._renewals = Counter("usp_cluster_lease_renewals_total", "Lease renewals that succeeded",
+                                 registry=registry)
+        self._losses = Counter("usp_cluster_lease_losses_total", "Leases lost, by how the loss was found",
+                               ["reason"], registry=registry)
+        for reason in ("expired", "fenced"):
+            self._losses.labels(reason=reason)
+        self._commit = Histogram("usp_cluster_commit_seconds", "Commit of one micro-batch: states encoded and the "
+                                 "atomic script (s)", buckets=COMMIT_BUCKETS, registry=registry)
+        self._lag = Gauge("usp_cluster_lag_entries", "Entries of an owned shard not applied yet", ["shard"],
+                          registry=registry)
+        self._lock = threading.Lock()
+        self._lagging: set[int] = set()
+
+    def owned(self, shards: Sequence[int]) -> None:
+        """The shards held now (the lag series of the others are removed)."""
+        held = set(shards)
+        self._owned.set(len(held))
+        with self._lock:
+            for shard in self._lagging - held:
+                self._lag.remove(str(shard))
+            self._lagging &= held
+
+    def renewed(self, shard: int) -> None:
+        self._renewals.inc()
+
+    def lost(self, shard: int, reason: str) -> None:
+        self._losses.labels(reason=reason).inc()
+
+    def committed(self, shard: int, seconds: float, ticks: int) -> None:
+        self._commit.observe(seconds)
+
+    def backlog(self, shard: int, entries: int) -> None:
+        with self._lock:
+            self._lagging.add(shard)
+            self._lag.labels(shard=str(shard)).set(entries)

@@ -215,17 +215,38 @@ class AssetStates:
             self._register(new)
         return np.fromiter((index[asset] for asset in assets), np.int64, len(assets))
 
+    def _cold_rows(self, assets: Sequence[str]) -> CoreState:
+        """Cold states of ``assets`` (host leaves, one row each), each from its own key."""
+        count = len(assets)
+        bucket = bucket_size(count)
+        words = np.array([_key_words(asset) for asset in assets], np.uint32)
+        words = np.concatenate([words, np.repeat(words[:1], bucket - count, axis=0)])
+        seed = jax.random.PRNGKey(self.functional.config.seed)
+        if self.functional.device is not None:
+            seed = jax.device_put(seed, self.functional.device)
+        return _take(_host(self._core.init_batch(_fold_keys(seed, words))), count)
+
+    def reconfigure(self, functional: FunctionalPredictor, *, keep_states: bool) -> None:
+        """Step with ``functional`` from now on (a reloaded config; same clock). ``keep_states``:
+        every asset keeps its state (only traced sensitivity values changed, so the layout is the
+        same); otherwise every asset known so far restarts cold under the new config (a
+        structural change, spec §21.4). Receipts are kept either way."""
+        self.flush()
+        self.functional = functional
+        self._core = compiled_core(functional.config, functional.kernels, functional.batch_chunk)
+        if keep_states or not self._assets:
+            return
+        rows = self._cold_rows(self._assets)
+        self._state, self.capacity = None, 0
+        self._grow(len(self._assets), rows)
+        self._state = _scatter(self._state, np.arange(len(self._assets)), rows)
+
     def _register(self, new: list[str]) -> None:
         """Give ``new`` (distinct, unseen) ids rows: cold state from their own key, or the store's."""
         self.flush()
         start, count = len(self._assets), len(new)
         bucket = bucket_size(count)
-        words = np.array([_key_words(asset) for asset in new], np.uint32)
-        words = np.concatenate([words, np.repeat(words[:1], bucket - count, axis=0)])
-        seed = jax.random.PRNGKey(self.functional.config.seed)
-        if self.functional.device is not None:
-            seed = jax.device_put(seed, self.functional.device)
-        rows = _take(_host(self._core.init_batch(_fold_keys(seed, words))), count)
+        rows = self._cold_rows(new)
         if self.store is not None:
             functional = self.functional
             rows, restored, metas = load_states_meta(self.store, [asset_key(a) for a in new], rows,

@@ -38,7 +38,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
@@ -46,6 +46,7 @@ import attrs
 import jax
 import numpy as np
 
+from ..domain import ConfigError, PredictorConfig
 from ..domain._core import CoreState, Out
 from ..ports.ingestion import MalformedObservationEvent, ObservationBatch, ObservationSource
 from ..ports.prediction_sink import PredictionRecords, PredictionSink
@@ -61,12 +62,34 @@ from ..ports.telemetry import (
 from .asset_registry import RECEIPT_META, AssetStates, plan_rounds, receipt_order
 from .batch_snapshots import save_states
 from .functional import FunctionalPredictor
+from .reloadable import ConfigFileWatch, keeps_state
 from .types import OperatingMode, decode_events
 
 logger = logging.getLogger("usp.service")
 
 #: Seconds a ``read`` waits for ticks, so that a stop request is seen this promptly.
 READ_TIMEOUT_S = 0.1
+
+
+@attrs.frozen
+class ConfigReload:
+    """How the service follows its config file (``usp serve --reload-every``).
+
+    Attributes:
+        watch: the file (``ConfigFileWatch``: a new version that loads is offered once).
+        build: the ``FunctionalPredictor`` of a config, with the service's clock, kernels resolved
+            and compiled by the caller's composition root.
+        every_s: seconds between looks at the file (> 0).
+    """
+
+    watch: ConfigFileWatch
+    build: Callable[[PredictorConfig], FunctionalPredictor]
+    every_s: float = attrs.field(validator=lambda _, __, value: _positive_seconds(value, "every_s"))
+
+
+def _positive_seconds(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0.0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
 
 
 class TelemetryOffer(Protocol):
@@ -91,6 +114,7 @@ class ServeSummary:
         restored: assets whose state came from the store when first seen.
         skipped: redelivered ticks not applied (nor output) because their asset's restored
             snapshot already held them (receipt at or before the one it recorded).
+        reloads: new versions of the config file adopted (``reload``).
     """
 
     ticks: int
@@ -103,6 +127,7 @@ class ServeSummary:
     malformed: int = 0
     restored: int = 0
     skipped: int = 0
+    reloads: int = 0
 
 
 def weights_digest(assets: Sequence[str], last_outputs: np.ndarray, n_kernels: int) -> str:
@@ -148,6 +173,12 @@ class Service:
             one. Needs a store.
         max_batch: most ticks read per micro-batch (≥ 1).
         hash_interval_steps: a parity hash every this many ticks (≥ 1; only with telemetry).
+        reload: follow a config file (:class:`ConfigReload`), or None. Between micro-batches,
+            every ``every_s`` seconds, a new valid version is compiled and adopted: when only
+            sensitivity (traced) keys and I/O keys changed every asset keeps its state; any
+            other change restarts every asset cold (spec §21.4) and a snapshot of the new states
+            follows at once. A version that changes ``enabled_kernels`` is refused (restart the
+            service for that), as is one that does not load (logged; the service goes on).
 
     Raises:
         ValueError: a bad argument (named).
@@ -156,7 +187,7 @@ class Service:
     def __init__(self, functional: FunctionalPredictor, source: ObservationSource,
                  sinks: Sequence[PredictionSink], *, store: StateStore | None = None,
                  telemetry: TelemetryOffer | None = None, snapshot_every_s: float | None = None,
-                 max_batch: int = 4096, hash_interval_steps: int = 1000) -> None:
+                 max_batch: int = 4096, hash_interval_steps: int = 1000, reload: ConfigReload | None = None) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         if isinstance(hash_interval_steps, bool) or not isinstance(hash_interval_steps, int) \
@@ -176,6 +207,8 @@ class Service:
         self.max_batch = max_batch
         self.hash_interval_steps = hash_interval_steps
         self.states = AssetStates(functional, store=store)
+        self.reload = reload
+        self.reloads = 0
         self.ticks = 0
         self.batches = 0
         self.snapshots = 0
@@ -329,6 +362,33 @@ class Service:
         else:
             self._unacknowledged.append(batch)
 
+    # -- config reload -----------------------------------------------------------------------
+    def _reload(self) -> bool:
+        """Adopt a new version of the config file, if there is one (see ``reload``); True when a
+        structural change restarted the states (a snapshot of them is due)."""
+        assert self.reload is not None
+        current = self.functional.config
+        config = self.reload.watch.poll(current)
+        if config is None:
+            return False
+        if config.enabled_kernels != current.enabled_kernels:
+            self.reload.watch.refuse(f"enabled_kernels changed from {list(current.enabled_kernels)} to "
+                                     f"{list(config.enabled_kernels)}: restart the service to change the kernel set")
+            return False
+        try:
+            functional = self.reload.build(config)
+            functional.warm_up()  # compile before the swap
+        except (ConfigError, OSError) as exc:
+            self.reload.watch.refuse(str(exc))
+            return False
+        keep = keeps_state(current, config)
+        self.states.reconfigure(functional, keep_states=keep)
+        self.functional = functional
+        self.reloads += 1
+        logger.info("reloaded %s: %s", self.reload.watch.path, "states kept" if keep else
+                    f"structural change, {len(self.states)} assets restart cold")
+        return not keep
+
     # -- snapshots ---------------------------------------------------------------------------
     def _capture(self) -> _Capture | None:
         """What a snapshot now would write, and the batches it covers (taken off the to-ack list)."""
@@ -394,6 +454,7 @@ class Service:
         pending: tuple[_Capture, Future] | None = None
         interval = self.snapshot_every_s
         next_snapshot = None if interval is None else began + interval
+        next_reload = None if self.reload is None else began + self.reload.every_s
         in_hand = 0
         ended_at = began
         try:
@@ -411,8 +472,13 @@ class Service:
                     pending = None
                     if not ok and interval is not None:
                         next_snapshot = time.monotonic() + interval
+                # a reload waits for the snapshot in flight: it was captured under the old config
+                if next_reload is not None and pending is None and time.monotonic() >= next_reload:
+                    next_reload = time.monotonic() + self.reload.every_s  # type: ignore[union-attr]
+                    if self._reload() and self.store is not None:
+                        next_snapshot = time.monotonic()  # the store must hold the new layout
                 if next_snapshot is not None and pending is None and time.monotonic() >= next_snapshot:
-                    next_snapshot = time.monotonic() + interval  # type: ignore[operator]
+                    next_snapshot = None if interval is None else time.monotonic() + interval
                     capture = self._capture()
                     if capture is not None:
                         pending = (capture, executor.submit(self._write, capture))
@@ -440,7 +506,7 @@ class Service:
         return ServeSummary(ticks=self.ticks, assets=len(self.states), batches=self.batches,
                             snapshots=self.snapshots, seconds=time.monotonic() - began, residual_observations=0,
                             snapshot_failures=self.snapshot_failures, malformed=self._malformed_total,
-                            restored=self.states.restored, skipped=self.skipped)
+                            restored=self.states.restored, skipped=self.skipped, reloads=self.reloads)
 
     def _final_snapshot(self) -> None:
         """Write all states now (on this thread) and acknowledge everything applied."""
@@ -457,4 +523,4 @@ class Service:
         self._finished(capture, future)
 
 
-__all__ = ["READ_TIMEOUT_S", "ServeSummary", "Service", "TelemetryOffer", "weights_digest"]
+__all__ = ["READ_TIMEOUT_S", "ConfigReload", "ServeSummary", "Service", "TelemetryOffer", "weights_digest"]

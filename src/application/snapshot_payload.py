@@ -32,7 +32,8 @@ from .snapshot import blocks_to_pytree, decode_snapshot, pytree_to_blocks
 COMPATIBILITY_KEYS = ("float_precision", "enabled_kernels", "window_size", "kurtosis_window",
                       "wtmm_buffer_size", "kernel_a_order", "kernel_a_mode", "kernel_a_rkhs_points",
                       "log_sig_depth", "kernel_c_jump_max_events", "koopman_top_k",
-                      "seasonal_period", "seasonal_transform")
+                      "seasonal_period", "seasonal_transform", "kernel_b_dgm_width", "kernel_b_dgm_depth",
+                      "kernel_b_dgm_activation")
 #: ``global`` blocks added to the state layout after schema 1.0 was first written. A snapshot
 #: without them (written before they existed) gets the template's cold values, which restart
 #: exactly what they hold: the change detector's level and robust scales (it re-arms after

@@ -22,11 +22,41 @@ SECTIONS = ("core", "sensitivity", "kernels", "orchestrator", "numerical", "io",
             "meta_optimization")
 
 
+@attrs.frozen
+class SearchRange:
+    """Where the tuner searches a key (model.md §8): distinct from, and inside, the range that
+    validation allows.
+
+    Attributes:
+        tier: "fast" (sensitivity: traced by the compiled core, so a fast trial after the first
+            compiles nothing) or "deep" (structural: a trial may compile).
+        kind: "float" (uniform on [lo, hi]), "log" (log-uniform on [lo, hi]), "int" (the integers
+            lo..hi), "pow2" (the powers of two from lo to hi) or "choice" (one of ``choices``).
+    """
+
+    tier: str
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def _fast(kind: str, lo: float, hi: float) -> SearchRange:
+    return SearchRange("fast", kind, lo, hi)
+
+
+def _deep(kind: str, lo: float | None = None, hi: float | None = None,
+          choices: tuple[Any, ...] | None = None) -> SearchRange:
+    return SearchRange("deep", kind, lo, hi, choices)
+
+
 def _key(default: Any, section: str, doc: str, *, lo: float | None = None, hi: float | None = None,
-         choices: tuple[Any, ...] | None = None, locked: bool = False, unit: str = "") -> Any:
-    """An attrs field carrying its section, doc string, range and lock flag as metadata."""
+         choices: tuple[Any, ...] | None = None, locked: bool = False, unit: str = "",
+         search: SearchRange | None = None) -> Any:
+    """An attrs field carrying its section, doc string, range, lock flag and tuning range
+    (``search``, None: never tuned) as metadata."""
     meta = {"section": section, "doc": doc, "lo": lo, "hi": hi, "choices": choices,
-            "locked": locked, "unit": unit}
+            "locked": locked, "unit": unit, "search": search}
     return attrs.field(default=default, metadata=meta)
 
 
@@ -77,28 +107,30 @@ class PredictorConfig:
                                    lo=0.5, hi=0.999)
     # [sensitivity] -----------------------------------------------------------------------
     epsilon: float = _key(1e-3, "sensitivity", "ε₀: entropic regularisation of Sinkhorn and of the "
-                          "free energy.", lo=1e-6, hi=1e6)
+                          "free energy.", lo=1e-6, hi=1e6, search=_fast("log", 1e-4, 1e-1))
     learning_rate: float = _key(0.01, "sensitivity", "τ: JKO time step before the stability bound.",
-                                lo=1e-8, hi=10.0)
+                                lo=1e-8, hi=10.0, search=_fast("log", 1e-4, 1e-1))
     cusum_h: float = _key(7.0, "sensitivity", "CUSUM threshold h in units of the detector's robust "
                           "σ (before the kurtosis factor). 7 keeps false alarms near 0.2 per 1000 "
                           "ticks on Gaussian noise (5: about 2) and finds a +1σ level shift in a "
-                          "median 11–14 ticks (docs/model.md).", lo=0.1, hi=100.0)
+                          "median 11–14 ticks (docs/model.md).", lo=0.1, hi=100.0,
+                          search=_fast("float", 3.0, 12.0))
     cusum_k: float = _key(0.5, "sensitivity", "CUSUM slack k in units of the detector's robust σ.",
-                          lo=0.0, hi=10.0)
+                          lo=0.0, hi=10.0, search=_fast("float", 0.3, 1.5))
     grace_period_steps: int = _key(20, "sensitivity", "Steps after an alarm during which no new "
-                                   "alarm is emitted.", lo=0, hi=100_000)
+                                   "alarm is emitted.", lo=0, hi=100_000, search=_fast("int", 5, 50))
     volatility_alpha: float = _key(0.1, "sensitivity", "EMA decay of the residual variance.",
-                                   lo=1e-4, hi=1.0)
+                                   lo=1e-4, hi=1.0, search=_deep("float", 0.05, 0.5))
     kurtosis_window: int = _key(252, "sensitivity", "Length of the rolling residual window for "
-                                "the kurtosis κ_t.", lo=8, hi=100_000)
+                                "the kurtosis κ_t.", lo=8, hi=100_000, search=_deep("int", 32, 512))
     # [orchestrator] ----------------------------------------------------------------------
     jko_domain_length: float = _key(1.0, "orchestrator", "L in the entropy window c·L²/σ².",
                                     lo=1e-6, hi=1e6)
     entropy_window_relaxation_factor: float = _key(5.0, "orchestrator", "c in the entropy window "
-                                                   "c·L²/σ².", lo=1e-6, hi=1e6)
+                                                   "c·L²/σ².", lo=1e-6, hi=1e6,
+                                                   search=_fast("float", 20.0, 200.0))
     entropy_window_bounds_min: int = _key(10, "orchestrator", "Lower clip of the entropy window.",
-                                          lo=1, hi=100_000, unit="steps")
+                                          lo=1, hi=100_000, unit="steps", search=_deep("int", 5, 50))
     entropy_window_bounds_max: int = _key(500, "orchestrator", "Upper clip of the entropy window.",
                                           lo=1, hi=100_000, unit="steps")
     learning_rate_safety_factor: float = _key(0.8, "orchestrator", "Safety factor of the stability "
@@ -107,26 +139,30 @@ class PredictorConfig:
                                         lo=0.0, hi=1.0)
     jko_mirror_step: float = _key(0.25, "orchestrator", "Step of the entropic mirror update that "
                                   "solves one JKO step (weights move by at most this many nats "
-                                  "per unit of standardised energy per tick).", lo=1e-6, hi=100.0)
+                                  "per unit of standardised energy per tick).", lo=1e-6, hi=100.0,
+                                  search=_deep("log", 0.01, 1.0))
     sinkhorn_cost_type: str = _key("squared", "orchestrator", "Transport and loss cost: squared or "
                                    "huber (huber is forced in emergency mode).",
-                                   choices=("squared", "huber"))
+                                   choices=("squared", "huber"),
+                                   search=_deep("choice", choices=("squared", "huber")))
     sinkhorn_huber_delta: float = _key(1.0, "orchestrator", "Huber δ, in units of the residual σ.",
-                                       lo=1e-6, hi=1e6)
+                                       lo=1e-6, hi=1e6, search=_deep("float", 0.5, 3.0))
     sinkhorn_max_iter: int = _key(30, "orchestrator", "Bound on Sinkhorn iterations per tick (dual "
                                   "potentials are warm-started from the previous tick).",
-                                  lo=1, hi=10_000)
+                                  lo=1, hi=10_000, search=_deep("int", 10, 100))
     sinkhorn_tolerance: float = _key(1e-9, "orchestrator", "Marginal error under which Sinkhorn "
                                      "counts as converged.", lo=1e-15, hi=1.0)
     epsilon_min: float = _key(1e-4, "orchestrator", "ε_min in ε_t = max(ε_min, ε₀(1 + α·σ_t)).",
                               lo=1e-8, hi=1e6)
     epsilon_volatility_coupling: float = _key(0.5, "orchestrator", "α in ε_t = max(ε_min, "
                                               "ε₀(1 + α·σ_t)), σ_t the volatility ratio.",
-                                              lo=0.0, hi=1e3)
+                                              lo=0.0, hi=1e3, search=_deep("float", 0.0, 2.0))
     interval_adaptation_rate: float = _key(0.01, "orchestrator", "Step of the online calibration "
-                                           "of the interval width (0 disables it).", lo=0.0, hi=1.0)
+                                           "of the interval width (0 disables it).", lo=0.0, hi=1.0,
+                                           search=_deep("float", 0.0, 0.05))
     holder_threshold: float = _key(0.4, "orchestrator", "Circuit breaker: emergency when the Hölder "
-                                   "exponent falls below this.", lo=0.0, hi=2.0)
+                                   "exponent falls below this.", lo=0.0, hi=2.0,
+                                   search=_deep("float", 0.2, 0.5))
     robustness_dimension_threshold: float = _key(1.5, "orchestrator", "Circuit breaker: emergency "
                                                  "when the graph dimension 2 − H exceeds this plus "
                                                  "the margin.", lo=1.0, hi=2.0)
@@ -137,24 +173,25 @@ class PredictorConfig:
     holder_smoothing: float = _key(0.0025, "orchestrator", "EMA weight per tick of the smoothed "
                                    "Hölder estimate that drives the circuit breaker (applied as "
                                    "1 − (1 − α)^R at each refresh; it starts from the Brownian 0.5).",
-                                   lo=1e-5, hi=1.0)
+                                   lo=1e-5, hi=1.0, search=_deep("log", 1e-3, 1e-1))
     entropy_scaling_trigger: float = _key(2.0, "orchestrator", "Entropy ratio that triggers "
                                           "architecture rescaling of kernel B.", lo=1.0, hi=100.0)
     # [kernels] ---------------------------------------------------------------------------
     enabled_kernels: tuple[str, ...] = _key(("A", "D", "N", "S"), "kernels", "Kernels mixed by the orchestrator, "
                                             "by registered name (see `usp kernels list`).")
     window_size: int = _key(256, "kernels", "Length of the signal window every kernel sees.",
-                            lo=16, hi=65_536, unit="samples")
+                            lo=16, hi=65_536, unit="samples", search=_deep("pow2", 64, 1024))
     kernel_a_order: int = _key(8, "kernels", "Maximum AR order of kernel A (the order used is chosen "
-                               "by BIC over 0..max).", lo=1, hi=64)
+                               "by BIC over 0..max).", lo=1, hi=64, search=_deep("int", 1, 15))
     kernel_a_mode: str = _key("linear", "kernels", "Kernel A: linear Wiener–Levinson predictor, or "
                               "rkhs (Gaussian-kernel ridge on delay embeddings).",
-                              choices=("linear", "rkhs"))
+                              choices=("linear", "rkhs"), search=_deep("choice", choices=("linear", "rkhs")))
     kernel_a_rkhs_points: int = _key(64, "kernels", "Kernel A rkhs: most recent delay embeddings "
-                                     "used for the ridge fit.", lo=8, hi=1024)
+                                     "used for the ridge fit.", lo=8, hi=1024, search=_deep("int", 16, 96))
     kernel_a_ridge: float = _key(1e-2, "kernels", "Kernel A rkhs: ridge penalty λ (relative to the "
-                                 "kernel matrix diagonal).", lo=1e-10, hi=1e6)
-    log_sig_depth: int = _key(3, "kernels", "Signature depth of kernel D.", choices=(2, 3, 4, 5))
+                                 "kernel matrix diagonal).", lo=1e-10, hi=1e6, search=_deep("log", 1e-4, 1.0))
+    log_sig_depth: int = _key(3, "kernels", "Signature depth of kernel D.", choices=(2, 3, 4, 5),
+                              search=_deep("choice", choices=(3, 4, 5)))
     seasonal_period: int = _key(0, "kernels", "Seasonal period of kernel S, in ticks (52 for weekly "
                                 "data with a yearly cycle, 12 for monthly): 0 detects it from the "
                                 "history that fit_history is given (autocorrelation of the "
@@ -165,17 +202,65 @@ class PredictorConfig:
                                    "λ = 0 case: multiplicative seasonality and trend), or both, "
                                    "keeping whichever has the lower realised error (auto; the log "
                                    "filters are used only while the window is positive).",
-                                   choices=("auto", "none", "log"))
+                                   choices=("auto", "none", "log"),
+                                   search=_deep("choice", choices=("auto", "none", "log")))
     kernel_c_jump_intensity: float = _key(0.05, "kernels", "Kernel C prior jump intensity λ.",
                                           lo=0.0, hi=1e3)
     kernel_c_jump_mean: float = _key(0.0, "kernels", "Kernel C prior jump mean.", lo=-1e6, hi=1e6)
     kernel_c_jump_scale: float = _key(0.1, "kernels", "Kernel C prior jump scale.", lo=0.0, hi=1e6)
     kernel_c_jump_max_events: int = _key(16, "kernels", "Kernel C: most jumps simulated per step.",
-                                         lo=1, hi=1024)
+                                         lo=1, hi=1024, search=_deep("int", 4, 64))
+    kernel_b_refit_steps: int = _key(16, "kernels", "Kernel B re-estimates drift and diffusion "
+                                     "and re-solves the backward equation every this many ticks "
+                                     "(from its first); in between its forecast evaluates the last "
+                                     "solution at the current level. Each refit is also a "
+                                     "mode-collapse check of the DGM network.", lo=1, hi=65_536,
+                                     unit="ticks", search=_deep("pow2", 4, 64))
+    kernel_b_solver: str = _key("fd", "kernels", "Which solution of the backward equation feeds "
+                                "kernel B's forecast: finite differences (fd) or the Deep Galerkin "
+                                "network (dgm; finite differences until the network is first "
+                                "trained).", choices=("fd", "dgm"))
+    kernel_b_dgm_width: int = _key(8, "kernels", "W₀: base hidden width of kernel B's DGM network. "
+                                   "The precompiled widths are W₀ and 2W₀ (the architecture scaling "
+                                   "picks between them; both are held at 2W₀, so this fixes the "
+                                   "state's size).", choices=(4, 8, 16), unit="neurons",
+                                   search=_deep("choice", choices=(4, 8, 16)))
+    kernel_b_dgm_depth: int = _key(2, "kernels", "D₀: hidden layers of kernel B's DGM network (fixes "
+                                   "the state's size).", lo=1, hi=4, unit="layers",
+                                   search=_deep("int", 1, 4))
+    kernel_b_dgm_activation: str = _key("tanh", "kernels", "Activation of the DGM network's hidden "
+                                        "layers.", choices=("tanh", "sin", "softplus"),
+                                        search=_deep("choice", choices=("tanh", "sin", "softplus")))
+    kernel_b_dgm_learning_rate: float = _key(1e-2, "kernels", "Initial Adam learning rate of the DGM "
+                                             "training (halved after more than 5 clipped "
+                                             "iterations in a row: GradientInstabilityEvent).",
+                                             lo=1e-6, hi=1.0, search=_deep("log", 1e-3, 5e-2))
+    kernel_b_dgm_collocation: int = _key(32, "kernels", "Interior collocation points drawn per Adam "
+                                         "iteration (plus half as many terminal points and a "
+                                         "quarter as many on each edge).", lo=4, hi=1024,
+                                         unit="points", search=_deep("pow2", 16, 128))
+    kernel_b_dgm_fit_iterations: int = _key(300, "kernels", "Adam iterations of the DGM training "
+                                            "run by fit_history.", lo=0, hi=1_000_000,
+                                            unit="iterations")
+    kernel_b_dgm_refresh_iterations: int = _key(16, "kernels", "Adam iterations of each periodic "
+                                                "refresh of the DGM network.", lo=0, hi=1_000_000,
+                                                unit="iterations")
+    kernel_b_dgm_refresh_steps: int = _key(1024, "kernels", "Ticks between the periodic refreshes "
+                                           "of the DGM network (the first comes this many ticks "
+                                           "after a cold start).", lo=1, hi=2**30, unit="ticks")
+    kernel_b_collapse_ratio: float = _key(0.5, "kernels", "γ of the mode-collapse watch: a check "
+                                          "fails when the DGM solution's differential entropy is "
+                                          "below γ times the finite-difference reference's; more "
+                                          "than 10 failed checks in a row raise "
+                                          "mode_collapse_warning.", lo=0.5, hi=1.0,
+                                          search=_deep("float", 0.5, 1.0))
+    kernel_b_scaling_exponent: float = _key(0.5, "kernels", "β of the DGM architecture scaling "
+                                            "W·D ≥ W₀·D₀·κ^β (κ the entropy ratio, applied once "
+                                            "κ exceeds entropy_scaling_trigger).", lo=0.5, hi=1.0)
     # [numerical] -------------------------------------------------------------------------
     wtmm_buffer_size: int = _key(128, "numerical", "Samples in the roughness buffer; also the "
                                  "minimum history for fit_history and the calibration length.",
-                                 lo=32, hi=65_536, unit="samples")
+                                 lo=32, hi=65_536, unit="samples", search=_deep("pow2", 64, 256))
     besov_cone_c: float = _key(1.5, "numerical", "Cone constant linking wavelet maxima across "
                                "scales.", lo=0.1, hi=10.0)
     koopman_top_k: int = _key(5, "numerical", "Koopman (DMD) modes reported.", lo=1, hi=64)
@@ -184,23 +269,24 @@ class PredictorConfig:
     paley_wiener_integral_max: float = _key(100.0, "numerical", "Paley–Wiener integral above which "
                                             "the spectrum is flagged irregular.", lo=0.0, hi=1e9)
     sde_fd_epsilon: float = _key(1e-6, "numerical", "Finite-difference step of the stiffness "
-                                 "Jacobian (kernel C).", lo=1e-15, hi=1.0)
+                                 "Jacobian (kernel C).", lo=1e-15, hi=1.0, search=_deep("log", 1e-8, 1e-4))
     signal_sampling_interval: float = _key(1.0, "numerical", "Nominal sampling interval used as Δt "
                                            "by the kernels and spectral diagnostics.", lo=1e-12,
                                            hi=1e12, unit="s")
     wtmm_refresh_steps: int = _key(64, "numerical", "The identification engine (WTMM, Koopman, "
                                    "Paley–Wiener) re-reads the buffer every this many accepted "
                                    "ticks and holds its reading in between.", lo=1, hi=65_536,
-                                   unit="ticks")
+                                   unit="ticks", search=_deep("int", 8, 128))
     wtmm_wavelet_order: int = _key(4, "numerical", "WTMM wavelet: derivative order m of the Gaussian "
                                    "(m vanishing moments; m ≥ 2 also cancels linear trends).",
                                    choices=(1, 2, 3, 4))
     wtmm_voices_per_octave: int = _key(2, "numerical", "WTMM scale density v: scales a_j = 2^(j/v).",
-                                       lo=1, hi=32)
+                                       lo=1, hi=32, search=_deep("int", 1, 8))
     wtmm_min_scale: float = _key(1.0, "numerical", "Finest WTMM scale a_min (where maxima lines "
                                  "start).", lo=0.5, hi=1024.0, unit="samples")
     wtmm_max_scale_fraction: float = _key(0.25, "numerical", "Coarsest WTMM scale as a fraction of "
-                                          "the analysed length.", lo=0.01, hi=0.5)
+                                          "the analysed length.", lo=0.01, hi=0.5,
+                                          search=_deep("float", 0.1, 0.5))
     wtmm_fit_min_scale: float = _key(2.0, "numerical", "Finest scale of the τ(q) regression (scaling "
                                      "range = [this, coarsest scale]).", lo=0.5, hi=1024.0,
                                      unit="samples")
@@ -216,7 +302,8 @@ class PredictorConfig:
                              lo=-20.0, hi=-0.01)
     wtmm_q_max: float = _key(5.0, "numerical", "Largest moment q of the partition function (> 0).",
                              lo=0.01, hi=20.0)
-    wtmm_q_points: int = _key(21, "numerical", "Points of the uniform q grid.", lo=3, hi=401)
+    wtmm_q_points: int = _key(21, "numerical", "Points of the uniform q grid.", lo=3, hi=401,
+                              search=_deep("int", 11, 41))
     wtmm_h_min: float = _key(-0.5, "numerical", "Lower end of the h grid of the reported spectrum "
                              "D(h).", lo=-5.0, hi=5.0)
     wtmm_h_max: float = _key(2.0, "numerical", "Upper end of the h grid of the reported spectrum "

@@ -172,8 +172,39 @@ def refresh_due(count, sia_age, buffer: int, refresh: int, xp=np):
     return (xp.asarray(count) + 1 >= buffer) & (xp.asarray(sia_age) + 1 >= refresh)
 
 
+#: The sensitivity keys (the fast tuning tier): traced parameters of ``init`` and ``step``, so
+#: that a change of their values compiles nothing (``usp.application.compiled_core``).
+SENSITIVITY_KEYS = ("cusum_h", "cusum_k", "entropy_window_relaxation_factor", "epsilon", "grace_period_steps",
+                    "learning_rate")
+
+
+@pytree
+class Sensitivity:
+    """The values of :data:`SENSITIVITY_KEYS` as scalar arrays (float64; ``grace_period_steps``
+    int32), standing for the config's floats and ints wherever the step reads them."""
+
+    cusum_h: Any
+    cusum_k: Any
+    entropy_window_relaxation_factor: Any
+    epsilon: Any
+    grace_period_steps: Any
+    learning_rate: Any
+
+
+def sensitivity(config: PredictorConfig) -> Sensitivity:
+    """``config``'s sensitivity values, the traced parameters of ``make_core``'s functions."""
+    values: dict[str, Any] = {name: np.asarray(getattr(config, name), np.int32 if name == "grace_period_steps"
+                                               else np.float64) for name in SENSITIVITY_KEYS}
+    return Sensitivity(**values)
+
+
 def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
-    """Build the pure ``(init, step, refresh_due, read)`` for a static config and kernel set."""
+    """Build the pure ``(init, step, refresh_due, read)`` for a static config and kernel set.
+
+    ``init`` and ``step`` take a last, optional argument ``params``: a :class:`Sensitivity` whose
+    values replace ``config``'s sensitivity keys (None: ``config``'s own), so one compiled graph
+    serves every value of those keys.
+    """
     kernels = tuple(kernels)
     n = len(kernels)
     names = tuple(k.name for k in kernels)
@@ -188,7 +219,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
     layout = report_layout(kernels)
     validate_sia(config)
 
-    def init(key: jax.Array) -> CoreState:
+    def init(key: jax.Array, params: Sensitivity | None = None) -> CoreState:
+        params = sensitivity(config) if params is None else params
         keys = jax.random.split(key, n + 1)
         kernel_states = tuple(spec.init(config, keys[i + 1]) for i, spec in enumerate(kernels))
         last = (jnp.zeros(Out.length(n, n_modes, report_size(layout))).at[Out.CALIBRATING].set(1.0)
@@ -205,7 +237,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
             lively_streak=jnp.int32(0), incr_var=jnp.float64(0.0),
             interval_log_scale=jnp.float64(0.0), key=keys[0], kernels=kernel_states,
-            last_output=last.at[Out.EPSILON].set(config.epsilon))
+            last_output=last.at[Out.EPSILON].set(params.epsilon))
 
     def due(count: jax.Array, sia_age: jax.Array) -> jax.Array:
         return refresh_due(count, sia_age, buffer, refresh, jnp)
@@ -220,7 +252,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         return analyse_buffer(jnp.concatenate([window[size - buffer + 1:], y_safe[None]]), config)
 
     def step(state: CoreState, y: jax.Array, timestamp_ns: jax.Array, now_ns: jax.Array,
-             sia_reading: jax.Array | None):
+             sia_reading: jax.Array | None, params: Sensitivity | None = None):
+        params = sensitivity(config) if params is None else params
         y = jnp.asarray(y, jnp.float64)
         timestamp_ns = jnp.asarray(timestamp_ns, jnp.int64)
         now_ns = jnp.asarray(now_ns, jnp.int64)
@@ -282,8 +315,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         was_degraded = state.stale_degraded | state.frozen
 
         # 2-4. residuals, volatility, kurtosis, CUSUM ------------------------------------------
-        fed, reading = monitor_step(state.monitor, residual, y_safe, alpha=alpha, h=config.cusum_h,
-                                    k=config.cusum_k, grace_period=config.grace_period_steps,
+        fed, reading = monitor_step(state.monitor, residual, y_safe, alpha=alpha, h=params.cusum_h,
+                                    k=params.cusum_k, grace_period=params.grace_period_steps,
                                     warmup=buffer, shift=shift, force_alarm=reanchor)
         monitor = jax.tree_util.tree_map(lambda new, old: jnp.where(has_prev, new, old), fed, state.monitor)
         alarm = has_prev & reading.alarm
@@ -318,17 +351,17 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         sigma_post = jnp.sqrt(jnp.maximum(resid_var, VARIANCE_FLOOR))
         losses = _standardised_loss(y_safe - (state.kernel_means + shift), sigma_post, huber,
                                     config.sinkhorn_huber_delta)
-        entropy_window = jnp.clip(config.entropy_window_relaxation_factor * config.jko_domain_length**2
+        entropy_window = jnp.clip(params.entropy_window_relaxation_factor * config.jko_domain_length**2
                                   / vol_ratio**2, config.entropy_window_bounds_min,
                                   config.entropy_window_bounds_max)
         energy_alpha = 2.0 / (entropy_window + 1.0)
         energies = jnp.where(has_prev & (state.monitor.n_resid > 0),
                              state.energies + energy_alpha * (losses - state.energies),
                              jnp.where(has_prev, losses, state.energies))
-        epsilon = jnp.maximum(config.epsilon_min, config.epsilon * (1.0 + config.epsilon_volatility_coupling
+        epsilon = jnp.maximum(config.epsilon_min, params.epsilon * (1.0 + config.epsilon_volatility_coupling
                                                                     * vol_ratio))
         tau = jnp.maximum(config.learning_rate_minimum,
-                          jnp.minimum(config.learning_rate,
+                          jnp.minimum(params.learning_rate,
                                       config.learning_rate_safety_factor * 2.0 * epsilon * vol_ratio**2))
         cost = _standardised_loss(state.kernel_means[:, None] - state.kernel_means[None, :], sigma_post,
                                   huber, config.sinkhorn_huber_delta)
