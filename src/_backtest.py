@@ -292,12 +292,12 @@ def score(recording: Recording, kernel_names: Sequence[str], nominal: float,
     accepted = (events & int(EventCode.rejected())) == 0
     use = (outputs[:-1, Out.CALIBRATING] == 0) & accepted[1:] & accepted[:-1]
     evaluated = int(use.sum())
-    errors = (target - predictions)[use]
+    errors = target[use] - predictions[use]
     mae = naive = rmse = mase = coverage = math.nan
     if evaluated:
         mae = float(np.mean(np.abs(errors)))
         rmse = float(np.sqrt(np.mean(errors**2)))
-        naive = float(np.mean(np.abs(target - previous)[use]))
+        naive = float(np.mean(np.abs(target[use] - previous[use])))  # (a rejected tick's value may be ±inf)
         mase = mae / naive if naive > 0 else (math.inf if mae > 0 else math.nan)
         coverage = float(np.mean(((target >= lower) & (target <= upper))[use]))
     return BacktestResult(

@@ -212,3 +212,12 @@ def test_every_figure_is_recomputed_from_the_ticks_of_random_series(drawn):
     values, stamps = drawn
     result = backtest(values, CONFIG, timestamps=stamps)
     assert_figures(result)
+
+
+def test_rejected_infinite_values_on_consecutive_ticks_do_not_disturb_the_figures():
+    """Two ±inf ticks in a row (both rejected) once made the naive error compute inf − inf."""
+    values = np.concatenate([[np.inf, np.inf, -np.inf], 1.0 + np.cumsum(np.full(160, 1e-6))])
+    stamps = (np.arange(values.size, dtype=np.int64) + 1) * 10_000_000
+    result = backtest(values, CONFIG, timestamps=stamps)
+    assert result.rejected == 3
+    assert_figures(result)
