@@ -7,6 +7,11 @@ cannot be created or written leaves the cache off and never stops a run: importi
 warning (logger ``usp``), except in the ``usp`` command, which prints it as one ``usp: warning:``
 line instead (:func:`take_cache_problem`). GPU memory settings of spec §5 are applied as
 environment defaults before JAX is imported, without overriding what the user set.
+
+Cache entries are written atomically (:func:`atomic_cache_writes`): JAX writes an entry in place,
+so a process killed while writing one (SIGKILL, OOM, power loss) would leave a truncated entry
+that crashes the next process that reads it, in native code. USP writes each entry to a
+temporary file beside it and renames it into place.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import MutableMapping
+from typing import Any
 
 #: The GPU memory settings of spec §5, as environment defaults: cap JAX's share of device memory
 #: at 70%, allocate and free on demand (no preallocated arena to fragment; with the ``platform``
@@ -50,6 +58,58 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_default_prng_impl", "threefry2x32")
 
 logger = logging.getLogger("usp")
+
+
+def atomic_cache_writes() -> bool:
+    """Make JAX's file cache write each entry to a temporary file and rename it into place, so a
+    reader never sees a partial entry and a killed writer leaves none behind. Returns whether the
+    cache writes atomically (False, leaving JAX's own writer, when the pinned JAX's cache does not
+    have the layout this relies on)."""
+    from jax._src import lru_cache
+
+    cache = lru_cache.LRUCache
+    if getattr(cache.put, "usp_atomic", False):
+        return True
+    jax_put = cache.put
+    needed = ("_CACHE_SUFFIX", "_ATIME_SUFFIX")
+    if not all(hasattr(lru_cache, name) for name in needed) or not hasattr(cache, "_evict_if_needed"):
+        logger.debug("JAX's compilation cache has another layout; its own writer is kept")
+        return False
+
+    def put(self: Any, key: str, value: bytes) -> None:
+        if not key:
+            raise ValueError("key cannot be empty")
+        if "://" in str(self.path):  # a remote cache (gs://...): no rename there
+            return jax_put(self, key, value)
+        if self.eviction_enabled and len(value) > self.max_size:
+            return  # (JAX warns and skips it too)
+        cache_path = self.path / f"{key}{lru_cache._CACHE_SUFFIX}"
+        if self.eviction_enabled:
+            self.lock.acquire(timeout=self.lock_timeout_secs)
+        try:
+            if cache_path.exists():
+                return
+            self._evict_if_needed(additional_size=len(value))
+            staged = self.path / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                staged.write_bytes(value)
+                os.replace(os.fspath(staged), os.fspath(cache_path))
+            finally:
+                if staged.exists():
+                    staged.unlink()
+            if self.eviction_enabled:
+                atime_path = self.path / f"{key}{lru_cache._ATIME_SUFFIX}"
+                atime_path.write_bytes(time.time_ns().to_bytes(8, "little"))
+        finally:
+            if self.eviction_enabled:
+                self.lock.release()
+
+    put.usp_atomic = True  # type: ignore[attr-defined]
+    cache.put = put  # type: ignore[method-assign]
+    return True
+
+
+atomic_cache_writes()
 
 
 def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> str | None:
