@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import attrs
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import usp  # noqa: F401  (x64)
+from _timing import best_us
 from usp.application.batching import BATCH_CHUNK, chunked_vmap
 from usp.domain import PredictorConfig, Window
 from usp.plugins.kernel_b import KERNEL_B, Counter
@@ -37,19 +37,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "kernel_b.json"
 #: The cost target: µs per asset-tick, averaged, in a batch of 1000.
 BUDGET_US = 10.0
 CADENCES = (4, 8, 16, 32, 64)
-
-
-def best_seconds(function, *args, calls: int, repeats: int) -> float:
-    """Best-of-``repeats`` mean wall time of ``calls`` calls, in seconds per call."""
-    jax.block_until_ready(function(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(calls):
-            out = function(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best
 
 
 def _windows(size: int, batch: int) -> Window:
@@ -80,9 +67,9 @@ def bench(batch: int, repeats: int) -> dict:
     kinds = {"plain": (False, False), "refit": (True, False), "train": (False, True)}
     batched, single = {}, {}
     for kind, (refit, train) in kinds.items():
-        batched[kind] = best_seconds(batched_tick, _phased(states, refit, train), windows, calls=2 if train else 5,
+        batched[kind] = 1e-6 * best_us(batched_tick, _phased(states, refit, train), windows, calls=2 if train else 5,
                                      repeats=repeats) / batch * 1e6
-        single[kind] = best_seconds(single_tick, _phased(single_state, refit, train), one, calls=5 if train else 50,
+        single[kind] = 1e-6 * best_us(single_tick, _phased(single_state, refit, train), one, calls=5 if train else 50,
                                     repeats=repeats) * 1e6
     refresh = config.kernel_b_dgm_refresh_steps
 
@@ -95,7 +82,7 @@ def bench(batch: int, repeats: int) -> dict:
     stream = jax.jit(lambda s, w: jax.lax.scan(lambda c, _: (batched_tick(c, w)[0], None), s, None,
                                                length=4 * cadence)[0])
     start = _phased(states, True, False)
-    streamed = best_seconds(stream, start, windows, calls=1, repeats=repeats) / (4 * cadence) / batch * 1e6
+    streamed = 1e-6 * best_us(stream, start, windows, calls=1, repeats=repeats) / (4 * cadence) / batch * 1e6
     return {
         "batch": batch, "chunk": BATCH_CHUNK, "window_size": config.window_size,
         "refit_steps": cadence, "dgm_refresh_steps": refresh,

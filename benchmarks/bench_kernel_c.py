@@ -14,31 +14,18 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import usp  # noqa: F401  (x64)
+from _timing import best_us
 from usp.domain import PredictorConfig, Window
 from usp.plugins import kernel_c
 from usp.plugins.kernel_c import KERNEL_C
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernel_c.json"
-
-
-def best_us(function, *args, calls: int, repeats: int) -> float:
-    """Best-of-`repeats` mean wall time of `calls` calls, in µs per call (results blocked on)."""
-    jax.block_until_ready(function(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(calls):
-            out = function(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e6
 
 
 def _windows(size: int, batch: int) -> Window:

@@ -18,13 +18,13 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import usp  # noqa: F401  (x64)
+from _timing import best_us
 from usp.domain import PredictorConfig, Window
 from usp.domain.signature import signature
 from usp.plugins.kernel_d import KERNEL_D
@@ -35,19 +35,6 @@ except ImportError:  # test-only dependency
     iisignature = None
 
 RESULTS = Path(__file__).resolve().parent / "results" / "signature.json"
-
-
-def best_us(function, *args, calls: int, repeats: int) -> float:
-    """Best-of-`repeats` mean wall time of `calls` calls, in µs per call (results blocked on)."""
-    jax.block_until_ready(function(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(calls):
-            out = function(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e6
 
 
 def bench_signatures(batch: int, repeats: int) -> list[dict]:
