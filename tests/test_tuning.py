@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from usp import PredictorConfig, SearchSpace
 from usp.adapters.optuna_tuner import OptunaTuner, proposal_seed
+from usp.application.compiled_core import compiled_core
 from usp.application.reloadable import STATE_KEEPING_KEYS
 from usp.application.tuning import (
     BayesianMetaOptimizer,
@@ -209,9 +210,15 @@ def test_a_fast_trial_after_the_first_compiles_nothing():
     assert all(math.isfinite(v) for v in values)
 
 
-def test_a_structural_trial_compiles_and_scores():
+def test_a_structural_trial_compiles_and_scores_and_releases_its_graphs():
     objective = walk_forward([random_walk(150, seed=7)], TINY, folds=2)
     assert math.isfinite(objective({"kurtosis_window": 24}))
+    structural = objective.build(objective.config({"kurtosis_window": 24}))
+    scan = compiled_core(structural.config, structural.kernels, structural.batch_chunk).scan
+    assert scan._cache_size() == 0  # its executables were dropped (memory maps freed)
+    objective({"cusum_k": 0.9})  # a sensitivity trial keeps the shared graph
+    base = objective.build(TINY)
+    assert compiled_core(base.config, base.kernels, base.batch_chunk).scan._cache_size() >= 1
 
 
 # -- the campaign loop ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import jax
 import numpy as np
 
 from ..domain import ConfigError, IntegrityError, PredictorConfig
@@ -34,6 +35,7 @@ from ..ports.tuner import POWER_OF_TWO, SearchSpace, TrialRecord, Tuner, TuningE
 from .compiled_core import compiled_core
 from .config_mutation import write_atomic
 from .functional import FunctionalPredictor
+from .reloadable import keeps_state
 
 TIERS = ("fast", "deep")
 #: Objective metrics (lower is better); ``mase`` is the default (docs/tuning.md: why not MAPE).
@@ -208,8 +210,18 @@ class WalkForward:
         return scores
 
     def __call__(self, params: Mapping[str, Any]) -> float:
-        """The objective value of a candidate (NaN when no fold scored anything)."""
-        scores = self.fold_scores(self.config(params))
+        """The objective value of a candidate (NaN when no fold scored anything).
+
+        A structural candidate's compiled graphs are released after it is scored: no later trial
+        uses them, and every executable JAX keeps holds memory mappings of its code, which a
+        deep campaign would otherwise pile up to the kernel's per-process limit (later trials
+        load what they need from the persistent compilation cache)."""
+        config = self.config(params)
+        try:
+            scores = self.fold_scores(config)
+        finally:
+            if not keeps_state(self.base, config):
+                jax.clear_caches()
         scored = scores[~np.isnan(scores)]
         return float(np.mean(scored)) if scored.size else math.nan
 
