@@ -130,3 +130,31 @@ def test_default_mixture_follows_the_seasonal_kernel_with_calibrated_intervals()
 def test_bad_seasonal_keys_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         PredictorConfig(**{key: value})
+
+
+def test_a_log_filters_interval_grows_with_the_level_of_a_multiplicative_series():
+    """Multiplicative noise of 2%: the log filter's scale stays near 2% of the forecast while the
+    level grows e-fold, where its realised RMS error alone (taken over past, lower levels) falls
+    behind; a raw filter's variance is its realised squared error."""
+    config = PredictorConfig(**SMALL, seasonal_period=12, seasonal_transform="log")
+    series = multiplicative_seasonal(700, 4)
+    size = config.window_size
+    state, window = kernel_s.init(config, jax.random.PRNGKey(0)), jnp.full(size, series[0])
+    update, predict = jax.jit(kernel_s.update, static_argnums=2), jax.jit(kernel_s.predict, static_argnums=2)
+    relative, realised = [], []
+    for i, y in enumerate(series):
+        window = jnp.roll(window, -1).at[-1].set(y) if i else window
+        view = Window(window, jnp.int32(min(i + 1, size)), jnp.bool_(False), jnp.bool_(False))
+        state = update(state, view, config)
+        forecast = predict(state, view, config)
+        if i >= 300:
+            choice = int(np.argmin(np.asarray(state.filters)[kernel_s.LOSS]))
+            relative.append(float(forecast.scale / forecast.mean))
+            realised.append(float(np.sqrt(np.asarray(state.filters)[kernel_s.LOSS, choice]) / forecast.mean))
+    early, late = np.median(relative[:100]), np.median(relative[-100:])
+    assert 0.015 < late < 0.03 and 0.8 < late / early < 1.25, (early, late)
+    assert np.median(realised[-100:]) < 0.93 * late  # the realised RMS alone trails the level
+    row = jnp.asarray([1.0, 0.0, 50.0, 4.0, 0.1, 0.001, 0.002])
+    assert float(kernel_s.realised_variance(row, jnp.bool_(False), jnp.float64(50.0))) == 4.0
+    expected = np.sqrt(4.0 * 50.0**2 * 0.002 * (1 - 0.25))
+    assert float(kernel_s.realised_variance(row, jnp.bool_(True), jnp.float64(50.0))) == pytest.approx(expected)

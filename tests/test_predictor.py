@@ -136,7 +136,8 @@ def test_catastrophic_outlier_is_rejected_and_weights_do_not_move(functional, wa
     state = warm_state
     for i in range(150):  # warm the residual monitor past wtmm_buffer_size residuals
         state, result = functional.step(state, ProcessState(float(np.sin(i / 5.0)), T0 + i * MS))
-    sigma = result.telemetry.residual_sigma
+    # the bound's scale: the larger of the residual σ and the RMS increment (docs/model.md)
+    sigma = max(result.telemetry.residual_sigma, float(np.sqrt(state.incr_var)))
     spike = result.reference_prediction + 25 * sigma
     after, rejected = functional.step(state, ProcessState(spike, T0 + 200 * MS))
     assert [type(e) for e in rejected.telemetry.events] == [OutlierRejectedEvent]

@@ -39,7 +39,8 @@ COMPATIBILITY_KEYS = ("float_precision", "enabled_kernels", "window_size", "kurt
 #: exactly what they hold: the change detector's level and robust scales (it re-arms after
 #: ``wtmm_buffer_size`` ticks) and the outlier streak (0).
 ADDED_GLOBAL_BLOCKS = (".monitor.level", ".monitor.level_count", ".monitor.level_dev",
-                       ".monitor.resid_dev", ".monitor.scale_count", ".monitor.exceed_run")
+                       ".monitor.resid_dev", ".monitor.scale_count", ".monitor.exceed_run",
+                       ".fallback_logit")
 
 #: Each key's default, what a snapshot written before the key existed is taken to hold.
 FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in attrs.fields(PredictorConfig)}

@@ -88,9 +88,9 @@ class PredictorConfig:
                                                 "fraction of the TTL.", lo=0.0, hi=1.0)
     degraded_recovery_min_steps: int = _key(2, "core", "Consecutive fresh ticks needed to leave "
                                             "degraded mode.", lo=1, hi=10_000)
-    sigma_bound: float = _key(20.0, "core", "Catastrophic-outlier bound: |y − ŷ| > sigma_bound·σ is "
-                              "rejected (state untouched but the outlier streak, DomainError "
-                              "event).", lo=1.0, hi=1e6)
+    sigma_bound: float = _key(20.0, "core", "Catastrophic-outlier bound: |y − ŷ| > sigma_bound·max(σ, σ_Δ), "
+                              "σ the residual σ and σ_Δ the RMS increment, is rejected (state "
+                              "untouched but the outlier streak, DomainError event).", lo=1.0, hi=1e6)
     level_shift_confirm_steps: int = _key(3, "core", "K: the K-th consecutive outlier on the same "
                                           "side of the forecast is a level shift: it is accepted, "
                                           "the state re-anchored at the new level and a regime "
@@ -157,6 +157,13 @@ class PredictorConfig:
     epsilon_volatility_coupling: float = _key(0.5, "orchestrator", "α in ε_t = max(ε_min, "
                                               "ε₀(1 + α·σ_t)), σ_t the volatility ratio.",
                                               lo=0.0, hi=1e3, search=_deep("float", 0.0, 2.0))
+    fallback_learning_rate: float = _key(2.0, "orchestrator", "η of the last-value floor: the "
+                                         "fused weights give the last-value kernel N a share "
+                                         "λ = sigmoid(u) on top of the transport weights; u gains "
+                                         "η·(the transport mixture's − N's error, in RMS "
+                                         "increments, each clipped at 4) per tick, within ±5 "
+                                         "(docs/model.md). Needs N enabled; 0 keeps λ where it is.",
+                                         lo=0.0, hi=100.0)
     interval_adaptation_rate: float = _key(0.01, "orchestrator", "Step of the online calibration "
                                            "of the interval width (0 disables it).", lo=0.0, hi=1.0,
                                            search=_deep("float", 0.0, 0.05))

@@ -22,7 +22,8 @@ and only a valid one taken while the branch is not held (sampling too coarse, fr
 A tick that is rejected (non-finite value, finite value beyond ``MAGNITUDE_LIMIT``, catastrophic
 outlier, out-of-order timestamp) returns the previous state *bit-identically* and the last valid
 output with the rejection bits set, with one exception: a rejected catastrophic outlier
-(|y − ŷ| > ``sigma_bound``·σ, in time order) updates the outlier streak
+(|y − ŷ| > ``sigma_bound``·max(σ, σ_Δ), σ the residual σ and σ_Δ the RMS increment, in time
+order) updates the outlier streak
 ``state.monitor.exceed_run`` (+n after n consecutive exceedances above the forecast, −n below;
 an exceedance on the other side starts a new streak at ±1; non-finite and out-of-order ticks
 leave it as it is; any accepted tick resets it to 0). The ``level_shift_confirm_steps``-th
@@ -31,9 +32,13 @@ window, the kernel forecasts the losses are taken from and the detector's level 
 first (the series reads as if it had always been at the new level, and y lands where the
 forecast said relative to it), the kernels learn from that window, the residual Δ itself widens
 the fast residual σ (so the move's aftermath is not rejected again), and the tick is a regime
-change: ``REGIME_CHANGED``, weights uniform, G± reset, grace period. A single corrupt tick can
-never do this. ``timestamp_ns == UNTIMED`` (the smallest int64) marks an untimed tick (history
-replay): no staleness, Nyquist or ordering checks.
+change: ``REGIME_CHANGED``, weights uniform, G± reset, grace period, and the last-value floor at
+its upper bound. A single corrupt tick can never do this.
+
+The fused weights are the transport weights with the last-value floor on top (``_fusion``): a
+share λ of them moves to kernel N, λ following which of the two forecast better lately.
+``timestamp_ns == UNTIMED`` (the smallest int64) marks an untimed tick (history replay): no
+staleness, Nyquist or ordering checks.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import numpy as np
 from ._config import PredictorConfig
 from ._cusum import MonitorState, exceedance_run, monitor_init, monitor_step
 from ._events import EventCode
-from ._fusion import fuse
+from ._fusion import FALLBACK_LOGIT_BOUND, fallback_logit_step, floor_weights, fuse
 from ._kernel import KernelEvent, KernelSpec, Window
 from ._pytree import pytree, replace
 from ._roughness import (
@@ -155,6 +160,7 @@ class CoreState:
     lively_streak: jnp.ndarray     # int32
     incr_var: jnp.ndarray          # float64, historical mean squared increment
     interval_log_scale: jnp.ndarray  # float64, log of the interval width multiplier
+    fallback_logit: jnp.ndarray    # float64, log-odds u of the last-value floor's share λ (_fusion)
     key: jnp.ndarray               # uint32[2], PRNG key (threefry)
     kernels: tuple                 # per-kernel state pytrees, in enabled order
     last_output: jnp.ndarray       # float64[Out.length(n, k)], last valid result
@@ -209,6 +215,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
     n = len(kernels)
     names = tuple(k.name for k in kernels)
     d_index = names.index("D") if "D" in names else -1
+    n_index = names.index("N") if "N" in names else -1
     size = config.window_size
     buffer = config.wtmm_buffer_size
     alpha = config.volatility_alpha
@@ -236,7 +243,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             stale_degraded=jnp.bool_(False),
             fresh_streak=jnp.int32(0), repeat_run=jnp.int32(0), frozen=jnp.bool_(False),
             lively_streak=jnp.int32(0), incr_var=jnp.float64(0.0),
-            interval_log_scale=jnp.float64(0.0), key=keys[0], kernels=kernel_states,
+            interval_log_scale=jnp.float64(0.0), fallback_logit=jnp.float64(0.0), key=keys[0],
+            kernels=kernel_states,
             last_output=last.at[Out.EPSILON].set(params.epsilon))
 
     def due(count: jax.Array, sia_age: jax.Array) -> jax.Array:
@@ -268,7 +276,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         y_safe = jnp.where(finite, y, state.window[-1])
         residual = jnp.where(has_prev, y_safe - state.prediction, 0.0)
         warm = state.monitor.n_resid >= buffer
-        exceeds = finite & warm & (jnp.abs(residual) > config.sigma_bound * sigma_prev)
+        step_scale = jnp.sqrt(jnp.maximum(state.incr_var, VARIANCE_FLOOR))  # the last value's RMS error
+        exceeds = finite & warm & (jnp.abs(residual) > config.sigma_bound * jnp.maximum(sigma_prev, step_scale))
         out_of_order = timed & seen_time & (timestamp_ns < state.last_timestamp_ns)
         # Level shift: the K-th consecutive exceedance on one side is accepted and re-anchors the
         # state by ``shift`` (window, kernel forecasts, the detector's level); the K − 1 before it
@@ -407,13 +416,25 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
         kernel_bits = jax.lax.reduce(kernel_events, jnp.int32(0), jax.lax.bitwise_or, (0,))
         collapse_raised = jnp.any(collapsed & ((previous_events & int(KernelEvent.MODE_COLLAPSE)) == 0))
 
-        # 8. fuse, calibrate the interval -------------------------------------------------------
+        # 8. the last-value floor, fuse, calibrate the interval --------------------------------
+        if n_index >= 0:
+            mixture_before = jnp.sum(jnp.exp(state.log_weights) * state.kernel_means) + shift
+            scored = has_prev & ~freeze_weights
+            stepped = fallback_logit_step(state.fallback_logit, y_safe - mixture_before,
+                                          y_safe - (state.kernel_means[n_index] + shift), step_scale,
+                                          config.fallback_learning_rate)
+            fallback_logit = jnp.where(scored, stepped, state.fallback_logit)
+            # After a level shift the kernels' past is void: the last value leads until they win.
+            fallback_logit = jnp.where(reanchor, FALLBACK_LOGIT_BOUND, fallback_logit)
+            fused_weights = jnp.where(forced, weights, floor_weights(weights, fallback_logit, n_index))
+        else:
+            fallback_logit, fused_weights = state.fallback_logit, weights
         level = config.confidence_level
         missed = has_prev & ((y_safe < state.last_output[Out.LOWER]) | (y_safe > state.last_output[Out.UPPER]))
         adapt = config.interval_adaptation_rate * (missed.astype(jnp.float64) - (1.0 - level)) / (1.0 - level)
         interval_log_scale = jnp.where(warm, jnp.clip(state.interval_log_scale + adapt, -3.0, 3.0),
                                        state.interval_log_scale)
-        prediction, lower, upper = fuse(weights, means, scales, level, jnp.exp(interval_log_scale))
+        prediction, lower, upper = fuse(fused_weights, means, scales, level, jnp.exp(interval_log_scale))
 
         # 9. flags, events, telemetry -------------------------------------------------------------
         mode = jnp.where(calibrating, 1, jnp.where(degraded | emergency, 2, 0))
@@ -445,7 +466,7 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             calibrating.astype(jnp.float64), sia[Sia.HOLDER], sia[Sia.WIDTH], sia[Sia.PALEY_WIENER],
             (sia[Sia.PALEY_WIENER] <= config.paley_wiener_integral_max).astype(jnp.float64),
             branch_frozen.astype(jnp.float64)])
-        output = jnp.concatenate([head, weights, means, sia[Sia.KOOPMAN:], report_block])
+        output = jnp.concatenate([head, fused_weights, means, sia[Sia.KOOPMAN:], report_block])
 
         new_state = CoreState(
             window=window, count=count,
@@ -457,7 +478,8 @@ def make_core(config: PredictorConfig, kernels: Sequence[KernelSpec]):
             holder=holder, sia=sia, sia_age=sia_age, coarse_share=coarse_share, branch_frozen=branch_frozen,
             emergency=emergency, stale_degraded=stale_degraded, fresh_streak=fresh_streak,
             repeat_run=repeat_run, frozen=frozen, lively_streak=lively_streak, incr_var=incr_var,
-            interval_log_scale=interval_log_scale, key=state.key, kernels=tuple(kernel_states),
+            interval_log_scale=interval_log_scale, fallback_logit=fallback_logit, key=state.key,
+            kernels=tuple(kernel_states),
             last_output=output)
 
         reject_bits = (jnp.where(~jnp.isfinite(y), int(EventCode.REJECTED_NON_FINITE), 0)

@@ -4,6 +4,17 @@ The interval is the central ``level`` interval of the Gaussian mixture Σ ρ_i N
 its quantiles found by safeguarded Newton iterations (a fixed, unrolled count: no loop overhead
 on the hot path). ``interval_scale`` multiplies every s_i; the core adapts it online so that the
 realised coverage tracks the nominal level (adaptive conformal calibration).
+
+**The last-value floor.** The transport weights ρ move slowly (an entropy window of tens of
+ticks), so after a sudden move the mixture can trail the last value for many ticks, and on a
+random walk it can lose to it by a little on every tick. A second, fast choice guards against
+both: between the transport mixture (forecast Σ ρ_i m_i) and the last-value kernel ``N``,
+exponentially weighted on their absolute errors in units of the series' RMS increment (the
+last value's own RMS error), each clipped at ``FALLBACK_LOSS_CLIP``. The last value's log-odds
+u gain η(ℓ_mix − ℓ_N) per scored tick (η = ``fallback_learning_rate``) and stay within
+±``FALLBACK_LOGIT_BOUND``, so either side wins the lead back within a few ticks (a fixed-share
+bound). The fused weights are ρ' = (1 − λ) ρ + λ e_N with λ = sigmoid(u): a simplex vector, and
+the forecast and interval are those of the mixture with ρ'.
 """
 
 from __future__ import annotations
@@ -12,6 +23,10 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
 NEWTON_ITERATIONS = 16
+#: Standardised absolute errors enter the last-value floor clipped at this many σ.
+FALLBACK_LOSS_CLIP = 4.0
+#: Bound of the floor's log-odds u: the last value's share λ stays in [sigmoid(−b), sigmoid(b)].
+FALLBACK_LOGIT_BOUND = 5.0
 
 
 def _mixture_cdf_pdf(x, weights, means, scales):
@@ -56,3 +71,20 @@ def fuse(weights: jnp.ndarray, means: jnp.ndarray, scales: jnp.ndarray, level: f
     tail = 0.5 * (1.0 - level)
     bounds = mixture_quantiles((tail, 1.0 - tail), weights, means, scales * interval_scale)
     return jnp.sum(weights * means), bounds[0], bounds[1]
+
+
+def fallback_logit_step(logit: jnp.ndarray, mixture_error: jnp.ndarray, last_value_error: jnp.ndarray,
+                        scale: jnp.ndarray, rate: float) -> jnp.ndarray:
+    """The floor's log-odds after one scored tick: u + η(ℓ_mix − ℓ_N), clipped to
+    ±``FALLBACK_LOGIT_BOUND``, with ℓ = min(|error|/scale, ``FALLBACK_LOSS_CLIP``) (errors and
+    scale > 0 in signal units)."""
+    mixture_loss = jnp.minimum(jnp.abs(mixture_error) / scale, FALLBACK_LOSS_CLIP)
+    last_value_loss = jnp.minimum(jnp.abs(last_value_error) / scale, FALLBACK_LOSS_CLIP)
+    return jnp.clip(logit + rate * (mixture_loss - last_value_loss), -FALLBACK_LOGIT_BOUND, FALLBACK_LOGIT_BOUND)
+
+
+def floor_weights(weights: jnp.ndarray, logit: jnp.ndarray, index: int) -> jnp.ndarray:
+    """ρ' = (1 − λ) ρ + λ e_index with λ = sigmoid(logit): the fused weights (a simplex vector
+    when ``weights`` is one)."""
+    share = 1.0 / (1.0 + jnp.exp(-logit))
+    return (1.0 - share) * weights + share * (jnp.arange(weights.shape[-1]) == index)

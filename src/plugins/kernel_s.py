@@ -19,7 +19,8 @@ The bank crosses ``ALPHAS`` × ``GAMMAS`` with the transforms of ``seasonal_tran
 for ``auto``); β = ``BETA`` and φ = ``DAMPING`` are shared. The forecast is the one of the filter
 whose *realised* one-step squared error (EMA, weight ``SELECTION_ALPHA``) is lowest, as kernel A
 chooses between levels and differences; log filters compete only while the window is positive.
-The scale is the realised RMS error of the filter in use.
+The scale is the realised RMS error of the filter in use (for a log filter, combined with its
+relative error scale: :func:`realised_variance`).
 
 **Warm start.** No initial values are estimated: the smoothing weights start at 1/n and fall to
 their constants (``a = max(α, 1/n)`` for the n-th observation, ``max(β, 1/n)``, and
@@ -212,6 +213,22 @@ def _default_filter(config: PredictorConfig) -> int:
     return int(np.flatnonzero((alphas == ALPHAS[1]) & (gammas == GAMMAS[0]))[0])
 
 
+def realised_variance(filter_row: jax.Array, is_log: jax.Array, forecast: jax.Array) -> jax.Array:
+    """The error variance of one filter's next forecast (signal units²); ``filter_row`` is a
+    column of ``KernelSState.filters``.
+
+    A raw filter: its realised squared error (EMA). A log filter's errors are multiplicative, so
+    that EMA, taken over past levels, trails a growing series; its own relative error variance
+    (the smoothing errors' EMA variance in log units, less the share ρ² its AR(1) correction
+    removes) times the forecast squared reads at the current level but misses what the
+    realised errors see. A log filter takes the geometric mean of the two.
+    """
+    loss = filter_row[LOSS]
+    rho = jnp.clip(filter_row[ERROR_COV] / jnp.maximum(filter_row[ERROR_VAR], _TINY), -ERROR_AR_MAX, ERROR_AR_MAX)
+    relative = jnp.minimum(forecast * forecast * filter_row[ERROR_VAR] * (1.0 - rho * rho), _BIG)
+    return jnp.where(is_log, jnp.sqrt(loss * relative), loss)
+
+
 def predict(state: KernelSState, window: Window, config: PredictorConfig) -> KernelForecast:
     """The forecast of the filter with the lowest realised error (log filters only while the
     window is positive); before the first update, the last value."""
@@ -228,7 +245,8 @@ def predict(state: KernelSState, window: Window, config: PredictorConfig) -> Ker
     steps = window.values[1:] - window.values[:-1]
     real = window.mask[1:] * window.mask[:-1]
     spread = jnp.sum(real * jnp.minimum(steps * steps, _BIG)) / jnp.maximum(jnp.sum(real), 1.0)
-    variance = jnp.where(usable & (seen > 1), losses[choice], spread)
+    variance = jnp.where(usable & (seen > 1), realised_variance(state.filters[:, choice], is_log[choice], mean),
+                         spread)
     floor = jnp.maximum(SCALE_FLOOR_RELATIVE * jnp.maximum(jnp.max(jnp.abs(window.values)), jnp.abs(mean)), _TINY)
     return KernelForecast(mean=mean, scale=jnp.maximum(jnp.sqrt(jnp.minimum(variance, _BIG)), floor))
 
