@@ -50,14 +50,24 @@ def sinkhorn_symmetric(log_a: jnp.ndarray, cost: jnp.ndarray, epsilon: jnp.ndarr
                        iterations: int, tolerance: float) -> SinkhornResult:
     """Entropic self-transport OT(a, a) for a symmetric cost (the JKO linearisation point).
 
-    The optimal potentials are equal, f = g, and the averaged update
-    ``f ← ½ (f + ε log a − ε LSE((f − C)/ε))`` converges in a few iterations where alternating
-    Sinkhorn crawls (two kernels that almost agree make the Gibbs kernel nearly rank one). Stops
-    when the L1 error of the marginal of ``exp((f_i + f_j − C_ij)/ε)`` is below ``tolerance``.
+    The optimal potentials are equal, f = g, the fixed point of
+    ``T(f) = ε log a − ε LSE((f − C)/ε)`` (row-wise). Each iteration takes the better, by the
+    marginal error, of two candidates: the averaged update ``½ (f + T(f))``, which always
+    contracts but only linearly (about a third of the error per iteration, so some 30 iterations
+    to 1e-9 with four kernels), and the Newton step on ``f − T(f) = 0``, whose Jacobian
+    ``I + P`` (P the row-normalised Gibbs kernel, a stochastic matrix with positive entries) is
+    invertible: quadratic convergence from the warm start, two or three iterations per tick.
+    Stops when the L1 error of the marginal of ``exp((f_i + f_j − C_ij)/ε)`` is below
+    ``tolerance``.
     """
+    n = log_a.shape[-1]
+    identity = jnp.eye(n, dtype=cost.dtype)
 
     def update(f):
-        return epsilon * log_a - epsilon * logsumexp((f[None, :] - cost) / epsilon, axis=1)
+        """T(f) and the row-normalised Gibbs kernel P at f."""
+        scores = (f[None, :] - cost) / epsilon
+        lse = logsumexp(scores, axis=1)
+        return epsilon * log_a - epsilon * lse, jnp.exp(scores - lse[:, None])
 
     def error(f, target):
         # marginal a_i exp((f_i − target_i)/ε) in the log domain (no 0 · inf)
@@ -65,17 +75,22 @@ def sinkhorn_symmetric(log_a: jnp.ndarray, cost: jnp.ndarray, epsilon: jnp.ndarr
         return jnp.sum(jnp.abs(row - jnp.exp(log_a)))
 
     def cond(carry):
-        i, _, _, err = carry
+        i, _, _, _, err = carry
         return (i < iterations) & (err >= tolerance)
 
     def body(carry):
-        i, f, target, _ = carry
-        f = 0.5 * (f + target)
-        target = update(f)
-        return i + 1, f, target, error(f, target)
+        i, f, target, gibbs, _ = carry
+        averaged = 0.5 * (f + target)
+        newton = f + jnp.linalg.solve(identity + gibbs, target - f)
+        newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, averaged)
+        candidates = jnp.stack([averaged, newton])
+        targets, kernels = jax.vmap(update)(candidates)
+        errors = jax.vmap(error)(candidates, targets)
+        pick = jnp.where(errors[1] < errors[0], 1, 0)
+        return i + 1, candidates[pick], targets[pick], kernels[pick], errors[pick]
 
-    target0 = update(f0)
-    _, f, _, err = jax.lax.while_loop(cond, body, (jnp.int32(0), f0, target0, error(f0, target0)))
+    target0, gibbs0 = update(f0)
+    _, f, _, _, err = jax.lax.while_loop(cond, body, (jnp.int32(0), f0, target0, gibbs0, error(f0, target0)))
     return SinkhornResult(f, f, err, err < tolerance)
 
 
