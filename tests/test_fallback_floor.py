@@ -142,3 +142,25 @@ def test_without_the_last_value_kernel_there_is_no_floor():
         state, result = functional.step(state, ProcessState(float(value), T0 + i * MS))
         assert float(state.fallback_logit) == 0.0
     assert sum(result.telemetry.weights) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_a_re_anchored_level_shift_hands_the_lead_to_the_last_value(functional):
+    """The kernels' past is void after a level shift: the floor's log-odds go to the bound, so
+    the fused weights sit on N from the re-anchoring tick on. A rejected tick before it leaves
+    the log-odds alone (it changes nothing but the outlier streak)."""
+    series = np.cumsum(np.random.default_rng(16).standard_normal(400))  # a walk: no emergency
+    state, _ = functional.fit_history(functional.init_state(), series[:150])
+    for i, value in enumerate(series[150:]):
+        state, result = functional.step(state, ProcessState(float(value), T0 + i * MS))
+    assert not result.telemetry.emergency_mode and float(state.fallback_logit) < FALLBACK_LOGIT_BOUND
+    before = float(state.fallback_logit)
+    jump = result.reference_prediction + 200 * max(result.telemetry.residual_sigma, float(np.sqrt(state.incr_var)))
+    names = []
+    for k in range(SMALL.level_shift_confirm_steps):
+        state, result = functional.step(state, ProcessState(jump + 0.1 * k, T0 + (1000 + k) * MS))
+        names.append([type(e).__name__ for e in result.telemetry.events])
+        if k < SMALL.level_shift_confirm_steps - 1:
+            assert names[-1] == ["OutlierRejectedEvent"] and float(state.fallback_logit) == before
+    assert "RegimeChangedEvent" in names[-1]
+    assert float(state.fallback_logit) == FALLBACK_LOGIT_BOUND
+    assert result.telemetry.weights[N_INDEX] > 0.99
