@@ -40,11 +40,12 @@ def test_floor_weights_stay_on_the_simplex_and_give_the_last_value_at_least_its_
     np.testing.assert_allclose(floored[others], (1.0 - share) * weights[others], rtol=1e-12, atol=1e-15)
 
 
-finite = st.floats(-1e6, 1e6)
+# XLA on CPU flushes subnormal numbers to zero, so they are left out of the inputs.
+finite = st.floats(-1e6, 1e6, allow_subnormal=False)
 
 
 @settings(deadline=None, max_examples=60)
-@given(st.floats(-FALLBACK_LOGIT_BOUND, FALLBACK_LOGIT_BOUND), finite, finite, st.floats(1e-6, 1e3),
+@given(st.floats(-FALLBACK_LOGIT_BOUND, FALLBACK_LOGIT_BOUND, allow_subnormal=False), finite, finite, st.floats(1e-6, 1e3),
        st.floats(0.0, 10.0))
 def test_the_logit_stays_bounded_and_moves_towards_the_expert_with_the_smaller_error(logit, mixture, last, scale,
                                                                                     rate):
