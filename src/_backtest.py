@@ -28,7 +28,6 @@ from .adapters.clocks import ReplayClock
 from .adapters.csv_reader import NS_PER_SECOND, TIMESTAMP_MAX_NS
 from .application.config_file import load_config
 from .application.results import OutputColumns, result_from_output
-from .application.tick_reports import report_tick_events
 from .application.types import (
     OperatingMode,
     PredictionResult,
@@ -229,14 +228,12 @@ def stream(predictor: UniversalPredictor, observations: Iterable[tuple[int, floa
     """Step ``predictor`` through ``(timestamp_ns, value)`` pairs, in order; ``on_tick(stamp,
     value, output)`` after each. The clock starts after the first tick, which may compile.
 
-    Each tick goes through the predictor's functional core (``predictor.functional.step_raw``
-    on ``predictor.state``, the state written back after each tick) and is reported as
-    ``UniversalPredictor.step_raw`` reports it (rejections, regime changes... logged on
-    ``usp.predictor``), except that staleness, sparse-arrival and frozen-branch events raise no
-    ``StalenessWarning``/``FrequencyWarning``: they are recorded in the outputs' event bits and
-    counted by :func:`score`. No warning filter is touched (``warnings.catch_warnings`` would
-    change process-wide state under other threads), so warnings from anything else (another
-    predictor, ``on_tick``) are shown as usual.
+    Each tick goes through ``predictor.step_raw`` and is reported as it reports it (rejections,
+    regime changes... logged on ``usp.predictor``), except that staleness, sparse-arrival and
+    frozen-branch events raise no ``StalenessWarning``/``FrequencyWarning``: they are recorded in
+    the outputs' event bits and counted by :func:`score`. No warning filter is touched
+    (``warnings.catch_warnings`` would change process-wide state under other threads), so
+    warnings from anything else (another predictor, ``on_tick``) are shown as usual.
 
     The replay owns ``predictor`` while it runs: nothing else may step it (``backtest`` and
     ``usp run`` build a fresh one).
@@ -248,17 +245,12 @@ def stream(predictor: UniversalPredictor, observations: Iterable[tuple[int, floa
     if predictor.load_shedding is not None:
         raise ValueError("a replay streams through a predictor without load shedding (its depth would follow "
                          "the wall-clock latency of the replay)")
-    functional, config = predictor.functional, predictor.config
     values: list[float] = []
     stamps: list[int] = []
     outputs: list[np.ndarray] = []
     started = time.perf_counter()
     for stamp, value in observations:
-        state, output, timestamp_ns = functional.step_raw(predictor.state, ProcessState(value, stamp))
-        predictor.state = state
-        bits = int(output[Out.EVENTS]) & ~_COUNTED_NOT_WARNED
-        if bits:
-            report_tick_events(bits, output, timestamp_ns, config)
+        output, _ = predictor.step_raw(ProcessState(value, stamp), report_mask=~_COUNTED_NOT_WARNED)
         if not values:
             started = time.perf_counter()
         values.append(value)

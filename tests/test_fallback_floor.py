@@ -45,8 +45,8 @@ finite = st.floats(-1e6, 1e6, allow_subnormal=False)
 
 
 @settings(deadline=None, max_examples=60)
-@given(st.floats(-FALLBACK_LOGIT_BOUND, FALLBACK_LOGIT_BOUND, allow_subnormal=False), finite, finite, st.floats(1e-6, 1e3),
-       st.floats(0.0, 10.0))
+@given(st.floats(-FALLBACK_LOGIT_BOUND, FALLBACK_LOGIT_BOUND, allow_subnormal=False), finite, finite,
+       st.floats(1e-6, 1e3), st.floats(0.0, 10.0))
 def test_the_logit_stays_bounded_and_moves_towards_the_expert_with_the_smaller_error(logit, mixture, last, scale,
                                                                                     rate):
     after = float(fallback_logit_step(jnp.float64(logit), jnp.float64(mixture), jnp.float64(last),

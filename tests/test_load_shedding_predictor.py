@@ -21,7 +21,7 @@ def test_depth_follows_latency_without_recompiling():
     predictor = UniversalPredictor(CONFIG, clock=ReplayClock(), load_shedding=controller)
     variants = predictor._variants
     assert sorted(variants) == [2, 3, 5]
-    compiled = {depth: v._step._cache_size() for depth, v in variants.items()}
+    compiled = {depth: v._step_packed._cache_size() for depth, v in variants.items()}
     assert all(count >= 1 for count in compiled.values())  # all compiled at warm-up
     series = np.cumsum(np.random.default_rng(0).standard_normal(60))
     depths = []
@@ -35,7 +35,7 @@ def test_depth_follows_latency_without_recompiling():
         result = predictor.step(ProcessState(float(value), T0 + i * 1_000_000))
     assert result.telemetry.load_shedding["depth"] == 5
     assert result.telemetry.load_shedding["latency_p99_ns"] > 0
-    assert {depth: v._step._cache_size() for depth, v in variants.items()} == compiled
+    assert {depth: v._step_packed._cache_size() for depth, v in variants.items()} == compiled
 
 
 def test_load_shedding_needs_kernel_d():

@@ -357,6 +357,24 @@ def test_warm_up_compiles_everything_a_stream_needs():
     assert int(state.count) > config.wtmm_buffer_size and int(state.sia_age) < config.wtmm_refresh_steps
 
 
+def test_a_stateful_predictor_compiles_nothing_after_construction():
+    """``UniversalPredictor`` warms up the packed step it ticks with: ticks through calibration and
+    several refreshes, state reads and a state write compile nothing."""
+    config = PredictorConfig(window_size=64, wtmm_buffer_size=64, wtmm_refresh_steps=8, kurtosis_window=32,
+                             kernel_a_order=4, enabled_kernels=("A",), seed=12)  # a config no other test uses
+    predictor = UniversalPredictor(config, clock=ReplayClock())
+    fp = predictor.functional
+    jitted = (fp._step_packed, fp._read_packed, fp._pack, fp._unpack)
+    compiled = [f._cache_size() for f in jitted]
+    assert compiled == [1, 1, 1, 1]
+    for t in range(config.wtmm_buffer_size + 3 * config.wtmm_refresh_steps):
+        predictor.step(ProcessState(float(t % 5), T0 + t * MS))
+        if t % 20 == 0:
+            predictor.state = predictor.state
+    assert [f._cache_size() for f in jitted] == compiled
+    assert int(predictor.state.count) > config.wtmm_buffer_size
+
+
 def test_naive_datetime_and_bad_shapes_are_clear_errors(functional):
     state = functional.init_state()
     with pytest.raises(TimestampError, match="naive"):

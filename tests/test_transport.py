@@ -8,12 +8,12 @@ import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from usp import FunctionalPredictor, PredictorConfig
 from usp.domain._core import Out
 from usp.domain._fusion import mixture_quantile
-from usp.domain._transport import jko_step, sinkhorn_symmetric, transport_cost
+from usp.domain._transport import jko_step, sinkhorn_symmetric, solve_diagonally_dominant, transport_cost
 from usp.plugins.manager import build_plugin_manager
 
 from .helpers import ar2
@@ -105,3 +105,17 @@ def test_mixture_quantile_solves_the_cdf(components, p):
     density = sum(w * math.exp(-0.5 * ((x - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
                   for w, m, s in zip(weights, means, scales, strict=True))
     assert abs(cdf - p) < 1e-9 or density < 1e-6  # flat regions: any point of the plateau is a quantile
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.integers(1, 6).flatmap(lambda n: st.tuples(
+    st.lists(st.floats(0.0, 1.0), min_size=n * n, max_size=n * n),
+    st.lists(st.floats(-1e3, 1e3), min_size=n, max_size=n))))
+def test_the_unpivoted_solve_matches_lapack_on_diagonally_dominant_systems(entries):
+    """I + P with P row-stochastic (the Sinkhorn Newton step's Jacobian) and any right-hand side."""
+    raw, rhs = entries
+    n = len(rhs)
+    gibbs = np.asarray(raw).reshape(n, n) + 1e-3
+    matrix = np.eye(n) + gibbs / gibbs.sum(axis=1, keepdims=True)
+    solved = np.asarray(solve_diagonally_dominant(jnp.asarray(matrix), jnp.asarray(rhs, dtype=jnp.float64)))
+    np.testing.assert_allclose(solved, np.linalg.solve(matrix, rhs), rtol=1e-10, atol=1e-9)

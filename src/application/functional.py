@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import jax
 import numpy as np
 
 from ..domain import DomainError, KernelSpec, PredictorConfig
 from ..domain._core import UNTIMED, CoreState, refresh_due, report_layout
+from ..domain._pytree import Packing
+from ..domain._roughness import Sia, koopman_modes
 from ..ports import Clock
 from ..ports.state_store import StateStore
 from . import batch_snapshots
@@ -29,6 +32,24 @@ def _check_observation(obs: Any) -> None:
     """Raise ``DomainError`` unless ``obs`` is a ``ProcessState``."""
     if not isinstance(obs, ProcessState):
         raise DomainError(f"an observation is a ProcessState(magnitude, timestamp_utc), got {type(obs).__name__}")
+
+
+@attrs.frozen
+class PackedState:
+    """One asset's state as the packed step takes it (``FunctionalPredictor.pack_state``).
+
+    A ``CoreState`` crosses the compiled boundary as its ~50 leaves, each costing a few µs per
+    call; packed, it crosses as one buffer per dtype (``domain._pytree.Packing``). Hosts that keep
+    one asset's state between ticks (``UniversalPredictor``) keep it packed and unpack it only when
+    someone reads it. Immutable, like the state.
+
+    Attributes:
+        buffers: the packed buffers, on the state's device.
+        refresh_due: whether the next accepted tick re-reads the roughness buffer.
+    """
+
+    buffers: tuple[jax.Array, ...]
+    refresh_due: bool
 
 
 class FunctionalPredictor:
@@ -59,6 +80,12 @@ class FunctionalPredictor:
         core = compiled_core(self.config, self.kernels, batch_chunk)
         self._init, self._init_batch = core.init, core.init_batch
         self._step, self._step_batch = core.step, core.step_batch
+        self._step_packed, self._read_packed, self._pack, self._unpack = (core.step_packed, core.read_packed,
+                                                                          core.pack, core.unpack)
+        self._layout = core.layout
+        # what the packed step gets on ticks that are not refresh ticks (it reads the reading only
+        # on those): any array of the reading's shape, put on the device once
+        self._no_reading = jax.device_put(np.zeros(Sia.length(koopman_modes(config))), device)
         self._read, self._read_batch, self._read_rows = core.read, core.read_batch, core.read_rows
         self._scan, self._scan_batch = core.scan, core.scan_batch
         self._fit_kernels = core.fit_kernels if fitting_kernels(self.kernels) else None
@@ -84,11 +111,23 @@ class FunctionalPredictor:
                           self.config.wtmm_refresh_steps)
         return due if due.ndim else bool(due)
 
-    def warm_up(self, state: CoreState | None = None) -> None:
+    @property
+    def state_layout(self) -> Packing:
+        """How :meth:`pack_state` packs one asset's state."""
+        return self._layout
+
+    def warm_up(self, state: CoreState | None = None, *, packed: bool = False) -> None:
         """Compile the step and the roughness reading now, so that neither the first tick nor the
         first refresh (tick ``wtmm_buffer_size``) waits on the compiler. With a batched state,
-        compiles ``step_batch`` for that batch size instead."""
+        compiles ``step_batch`` for that batch size instead; with ``packed``, the packed step
+        (:meth:`step_packed`) and :meth:`pack_state` / :meth:`unpack_state` instead."""
         state = self.init_state() if state is None else state
+        if packed:
+            buffers = self.pack_state(state).buffers
+            jax.block_until_ready(self._unpack(buffers))
+            jax.block_until_ready(self._step_packed(buffers, 0.0, UNTIMED, 0, self._no_reading))
+            jax.block_until_ready(self._read_packed(buffers, 0.0))
+            return
         if np.ndim(state.count):
             values = np.zeros(state.count.shape[0])
             stamps = np.full(values.shape, UNTIMED, np.int64)
@@ -115,6 +154,31 @@ class FunctionalPredictor:
         reading = self._read(state.window, value) if self.refresh_due(state) else state.sia
         new_state, output = self._step(state, value, timestamp_ns, now, reading)
         return new_state, np.asarray(output), timestamp_ns
+
+    def pack_state(self, state: CoreState) -> PackedState:
+        """``state`` (one asset) packed for :meth:`step_packed`.
+
+        Raises:
+            TypeError: ``state`` is not a single-asset state of this predictor's kernels and config.
+        """
+        self._layout.pack(state)  # checks the structure, shapes and dtypes, naming the difference
+        return PackedState(tuple(self._pack(state)), bool(self.refresh_due(state)))
+
+    def unpack_state(self, packed: PackedState) -> CoreState:
+        """The ``CoreState`` of ``packed`` (bit for bit the state it stands for)."""
+        return self._unpack(packed.buffers)
+
+    def step_packed(self, packed: PackedState, obs: ProcessState) -> tuple[PackedState, np.ndarray, int]:
+        """:meth:`step_raw` on a packed state: the same numbers, bit for bit, with fewer arrays
+        crossing the compiled boundary (the single-asset fast path)."""
+        _check_observation(obs)
+        value = to_magnitude(obs.magnitude)
+        timestamp_ns = obs.timestamp_ns
+        now = self._now(timestamp_ns)
+        reading = self._read_packed(packed.buffers, value) if packed.refresh_due else self._no_reading
+        buffers, output = self._step_packed(packed.buffers, value, timestamp_ns, now, reading)
+        output = np.asarray(output)
+        return PackedState(tuple(buffers), bool(output[-1])), output[:-1], timestamp_ns
 
     def step(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, PredictionResult]:
         """One tick for one asset. Bad values never raise: they come back as events."""
@@ -207,4 +271,4 @@ class FunctionalPredictor:
                                            kernel_names=self.kernel_names)
 
 
-__all__ = ["FunctionalPredictor"]
+__all__ = ["FunctionalPredictor", "PackedState"]

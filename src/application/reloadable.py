@@ -145,7 +145,7 @@ class ConfigReloadablePredictor(UniversalPredictor):
         keep = keeps_state(self.config, config)
         try:
             functional = self._build(config)
-            functional.warm_up()  # compile now, off the tick path
+            functional.warm_up(packed=True)  # compile now, off the tick path
         except (ConfigError, OSError) as exc:
             self._watch.refuse(str(exc))
             return False
@@ -158,10 +158,10 @@ class ConfigReloadablePredictor(UniversalPredictor):
         """Swap in ``functional`` (compiled) under the tick lock; keep the state or start cold."""
         old_session = self._snapshots
         with self._lock:
-            state = self._state
+            state = self.state
             UniversalPredictor.__init__(self, functional, self._stores_for(functional.config))
             if keep:
-                self._state = state
+                self._replace_state(state)
         self._snapshots.events.extend(old_session.events)
         old_session.close()
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..domain._core import CoreState, Out, ReportLayout
 from ..ports.state_store import EventCallback, StateStore, StoreEvent
 from ._load_shedding import LoadSheddingController, LoadSheddingPolicy, depth_variants
-from .functional import FunctionalPredictor
+from .functional import FunctionalPredictor, PackedState
 from .results import result_from_output
 from .snapshot_session import PathOrKey, SnapshotSession, SnapshotStores, SnapshotSubject
 from .snapshot_writer import SnapshotReceipt
@@ -71,17 +71,21 @@ class UniversalPredictor:
         self._functional = functional
         self.config = functional.config
         self._lock = threading.RLock()  # see "Threads" in the class doc
-        self._state = functional.init_state()
+        state = functional.init_state()
+        # The state lives packed (the fast path of a tick: ``FunctionalPredictor.step_packed``);
+        # ``_view`` pairs some packed state with its unpacked ``CoreState``, made when first read.
+        self._packed = functional.pack_state(state)
+        self._view: tuple[PackedState, CoreState] = (self._packed, state)
         self._shedding: LoadSheddingController | None = None
         self._variants: dict[int, FunctionalPredictor] = {}
         self._snapshots = SnapshotSession(
             SnapshotSubject(config=self.config, kernel_names=self.kernel_names,
-                            get_state=lambda: self._state, set_state=self._replace_state,
+                            get_state=lambda: self.state, set_state=self._replace_state,
                             kernel_reports=self.kernel_reports), stores)
         if load_shedding:
             self._enable_load_shedding(load_shedding)
         else:
-            self._functional.warm_up(self._state)  # no tick, not even the first refresh, compiles
+            self._functional.warm_up(state, packed=True)  # no tick, not even the first refresh, compiles
 
     # -- load shedding (spec §18–19) -------------------------------------------------------
     def _enable_load_shedding(self, load_shedding: LoadSheddingController | bool) -> None:
@@ -91,8 +95,11 @@ class UniversalPredictor:
         controller = (load_shedding if isinstance(load_shedding, LoadSheddingController) else
                       LoadSheddingController(LoadSheddingPolicy(budget_ns=self.config.besov_nyquist_interval_ns)))
         self._variants = depth_predictors(self._functional, controller.policy.depths)
+        if any(variant.state_layout != self._functional.state_layout for variant in self._variants.values()):
+            raise ValueError("kernel D's signature depths give states of different layouts; load shedding "
+                             "switches between them from one tick to the next")
         for variant in self._variants.values():
-            variant.warm_up(self._state)
+            variant.warm_up(self.state, packed=True)
         self._shedding = controller
         self._functional = self._variants[controller.depth]
 
@@ -117,16 +124,29 @@ class UniversalPredictor:
 
     @property
     def state(self) -> CoreState:
-        return self._state
+        """The state after the last tick: an immutable pytree, so a consistent copy that later
+        ticks do not change. Reading it never waits on a tick in progress."""
+        packed, view = self._view
+        current = self._packed
+        if packed is not current:  # unpacked once per state read, not per tick
+            view = self._functional.unpack_state(current)
+            self._view = (current, view)
+        return view
 
     @state.setter
     def state(self, value: CoreState) -> None:
-        """Replace the state (e.g. a restored snapshot), after any tick in progress."""
+        """Replace the state (e.g. a restored snapshot), after any tick in progress.
+
+        Raises:
+            TypeError: ``value`` is not a single-asset state of this predictor's kernels and config.
+        """
         self._replace_state(value)
 
     def _replace_state(self, value: CoreState) -> None:
+        packed = self._functional.pack_state(value)
         with self._lock:
-            self._state = value
+            self._packed = packed
+            self._view = (packed, value)
 
     def fit_history(self, history: Any) -> bool:
         """Cold-start bootstrapping on at least ``wtmm_buffer_size`` past values: the core's scan,
@@ -148,7 +168,8 @@ class UniversalPredictor:
         if not np.all(np.isfinite(values)):
             raise ValueError("history contains NaN or infinite values")
         with self._lock:
-            self._state, last = self._functional.fit_history(self._state, values)
+            state, last = self._functional.fit_history(self.state, values)
+            self._replace_state(state)
         converged = bool(last[Out.SINKHORN_CONVERGED]) or len(self.kernel_names) == 1
         stable = last[Out.CUSUM] < last[Out.THRESHOLD]
         if not (converged and stable):
@@ -168,15 +189,18 @@ class UniversalPredictor:
             result = attrs.evolve(result, telemetry=telemetry)
         return result
 
-    def step_raw(self, obs: ProcessState) -> tuple[np.ndarray, int]:
-        """Like :meth:`step`, returning the core's output vector (layout ``Out``) and timestamp."""
+    def step_raw(self, obs: ProcessState, *, report_mask: int = -1) -> tuple[np.ndarray, int]:
+        """Like :meth:`step`, returning the core's output vector (layout ``Out``) and timestamp.
+
+        ``report_mask``: the event bits (``EventCode``) that are reported (logged, and warned
+        for staleness and sparse arrival); the output keeps all of them."""
         with self._lock:  # one tick at a time: read the state, step, write it back
             started = time.perf_counter_ns()
-            self._state, output, timestamp_ns = self._functional.step_raw(self._state, obs)
+            self._packed, output, timestamp_ns = self._functional.step_packed(self._packed, obs)
             if self._shedding is not None:
                 depth = self._shedding.record(time.perf_counter_ns() - started)
                 self._functional = self._variants[depth]
-        bits = int(output[Out.EVENTS])
+        bits = int(output[Out.EVENTS]) & report_mask
         if bits:
             report_tick_events(bits, output, timestamp_ns, self.config)
         return output, timestamp_ns

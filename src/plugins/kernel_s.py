@@ -172,7 +172,11 @@ def _smooth(filters: jax.Array, season: jax.Array, seen: jax.Array, period: jax.
     phase = jnp.where(seasonal, seen % cycle, 0)
     visits = (seen // cycle + 1).astype(jnp.float64)
     n = (seen + 1).astype(jnp.float64)
-    old = jnp.where(seasonal, season[:, phase], 0.0)
+    # phases as one-hot masks: a read or write of one column is elementwise arithmetic, which
+    # vectorises over a batch of assets where a per-asset gather or scatter does not
+    columns = jnp.arange(season.shape[-1])
+    at_phase = seasonal & (columns == phase)
+    old = jnp.sum(jnp.where(at_phase, season, 0.0), axis=-1)
     a = jnp.maximum(alphas, 1.0 / n)
     b = jnp.maximum(BETA, 1.0 / n)
     g = jnp.maximum(gammas, 1.0 / visits)
@@ -189,8 +193,8 @@ def _smooth(filters: jax.Array, season: jax.Array, seen: jax.Array, period: jax.
     level = jnp.where(scored, a * (x - old) + (1.0 - a) * (level0 + DAMPING * trend0), x)
     trend = jnp.where(scored, b * (level - level0) + (1.0 - b) * DAMPING * trend0, 0.0)
     index = jnp.where(scored, g * (x - level) + (1.0 - g) * old, 0.0)
-    season = jnp.where(seasonal, season.at[:, phase].set(index), season)
-    following = jnp.where(seasonal, season[:, (seen + 1) % cycle], 0.0)
+    season = jnp.where(at_phase, index[:, None], season)
+    following = jnp.sum(jnp.where(seasonal & (columns == (seen + 1) % cycle), season, 0.0), axis=-1)
     ahead = level + DAMPING * trend + following + rho * smoothing_error
     forecast = jnp.where(is_log, jnp.exp(jnp.clip(ahead, -LOG_CLIP, LOG_CLIP)), ahead)
     forecast = jnp.clip(forecast, -_BIG, _BIG)
