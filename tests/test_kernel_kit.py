@@ -183,7 +183,7 @@ def test_the_docs_example_of_an_uninstalled_kernel_runs(monkeypatch):
     from usp.application.functional import FunctionalPredictor
 
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "usp-ewma-kernel"))
-    monkeypatch.setattr(FunctionalPredictor, "warm_up", lambda self, state: None)
+    monkeypatch.setattr(FunctionalPredictor, "warm_up", lambda self, state=None, **options: None)
     code = _doc_block("Trying a kernel without packaging it")
     assert "kernels=[usp_ewma_kernel.EWMA]" in code and "plugin_manager=build_plugin_manager([usp_ewma_kernel])" in code
     namespace: dict[str, Any] = {}
