@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from ..domain import KernelSpec, PredictorConfig
 from ..domain._config import FIELDS, core_config
 from ..domain._core import SENSITIVITY_KEYS, UNTIMED, Sensitivity, make_core, sensitivity
-from ..domain._pytree import Packing, packing
+from ..domain._pytree import packing
 from .batching import BATCH_CHUNK, chunked_vmap
 from .kernel_fit import make_fit_kernels
 
@@ -40,7 +40,6 @@ class CompiledCore:
         init_batch: ``keys[N] -> CoreState`` with a leading asset axis.
         step: ``(state, y, timestamp_ns, now_ns, reading) -> (state, output float64[Out.length])``.
         step_batch: the same over N assets, chunked (``batching.chunked_vmap``); ``now_ns`` shared.
-        layout: the ``Packing`` of one asset's state (``domain._pytree``).
         step_packed: ``step`` on the state's packed buffers: ``(buffers, y, timestamp_ns, now_ns,
             reading) -> (buffers, output)``, the output with one more element at the end: 1.0 when
             the next tick is a refresh tick (``refresh_due`` of the new state), else 0.0.
@@ -59,7 +58,6 @@ class CompiledCore:
     init_batch: Jitted
     step: Jitted
     step_batch: Jitted
-    layout: Packing
     step_packed: Jitted
     read_packed: Jitted
     pack: Jitted
@@ -156,7 +154,7 @@ def _compile(config: PredictorConfig, kernels: tuple[KernelSpec, ...], batch_chu
         return states, jnp.swapaxes(outputs, 0, 1)
 
     return CompiledCore(init=jax.jit(init), init_batch=jax.jit(jax.vmap(init, in_axes=(0, None))), step=jax.jit(step),
-                        step_batch=jax.jit(step_batch), layout=layout, step_packed=jax.jit(step_packed),
+                        step_batch=jax.jit(step_batch), step_packed=jax.jit(step_packed),
                         read_packed=jax.jit(read_packed), pack=jax.jit(layout.pack), unpack=jax.jit(layout.unpack),
                         read=jax.jit(read), read_batch=jax.jit(read_batch),
                         read_rows=jax.jit(read_rows), scan=jax.jit(scan), scan_batch=jax.jit(scan_batch),

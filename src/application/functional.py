@@ -16,7 +16,6 @@ import numpy as np
 
 from ..domain import DomainError, KernelSpec, PredictorConfig
 from ..domain._core import UNTIMED, CoreState, refresh_due, report_layout
-from ..domain._pytree import Packing
 from ..domain._roughness import Sia, koopman_modes
 from ..ports import Clock
 from ..ports.state_store import StateStore
@@ -82,7 +81,6 @@ class FunctionalPredictor:
         self._step, self._step_batch = core.step, core.step_batch
         self._step_packed, self._read_packed, self._pack, self._unpack = (core.step_packed, core.read_packed,
                                                                           core.pack, core.unpack)
-        self._layout = core.layout
         # what the packed step gets on ticks that are not refresh ticks (it reads the reading only
         # on those): any array of the reading's shape, put on the device once
         self._no_reading = jax.device_put(np.zeros(Sia.length(koopman_modes(config))), device)
@@ -110,11 +108,6 @@ class FunctionalPredictor:
         due = refresh_due(np.asarray(state.count), np.asarray(state.sia_age), self.config.wtmm_buffer_size,
                           self.config.wtmm_refresh_steps)
         return due if due.ndim else bool(due)
-
-    @property
-    def state_layout(self) -> Packing:
-        """How :meth:`pack_state` packs one asset's state."""
-        return self._layout
 
     def warm_up(self, state: CoreState | None = None, *, packed: bool = False) -> None:
         """Compile the step and the roughness reading now, so that neither the first tick nor the
@@ -161,7 +154,7 @@ class FunctionalPredictor:
         Raises:
             TypeError: ``state`` is not a single-asset state of this predictor's kernels and config.
         """
-        self._layout.pack(state)  # checks the structure, shapes and dtypes, naming the difference
+        # the jitted pack traces anew for a foreign structure, and its check raises while tracing
         return PackedState(tuple(self._pack(state)), bool(self.refresh_due(state)))
 
     def unpack_state(self, packed: PackedState) -> CoreState:

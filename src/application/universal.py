@@ -95,9 +95,6 @@ class UniversalPredictor:
         controller = (load_shedding if isinstance(load_shedding, LoadSheddingController) else
                       LoadSheddingController(LoadSheddingPolicy(budget_ns=self.config.besov_nyquist_interval_ns)))
         self._variants = depth_predictors(self._functional, controller.policy.depths)
-        if any(variant.state_layout != self._functional.state_layout for variant in self._variants.values()):
-            raise ValueError("kernel D's signature depths give states of different layouts; load shedding "
-                             "switches between them from one tick to the next")
         for variant in self._variants.values():
             variant.warm_up(self.state, packed=True)
         self._shedding = controller
