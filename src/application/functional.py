@@ -138,12 +138,15 @@ class FunctionalPredictor:
         self.clock.observe(timestamp_ns)
         return self.clock.now_ns()
 
+    def _tick_inputs(self, obs: ProcessState) -> tuple[float, int, int]:
+        """``(value, timestamp_ns, now_ns)`` of a checked observation; the clock observes it."""
+        _check_observation(obs)
+        timestamp_ns = obs.timestamp_ns
+        return to_magnitude(obs.magnitude), timestamp_ns, self._now(timestamp_ns)
+
     def step_raw(self, state: CoreState, obs: ProcessState) -> tuple[CoreState, np.ndarray, int]:
         """Like :meth:`step` but returns the raw output vector (fast path for hosts)."""
-        _check_observation(obs)
-        value = to_magnitude(obs.magnitude)
-        timestamp_ns = obs.timestamp_ns
-        now = self._now(timestamp_ns)
+        value, timestamp_ns, now = self._tick_inputs(obs)
         reading = self._read(state.window, value) if self.refresh_due(state) else state.sia
         new_state, output = self._step(state, value, timestamp_ns, now, reading)
         return new_state, np.asarray(output), timestamp_ns
@@ -164,10 +167,7 @@ class FunctionalPredictor:
     def step_packed(self, packed: PackedState, obs: ProcessState) -> tuple[PackedState, np.ndarray, int]:
         """:meth:`step_raw` on a packed state: the same numbers, bit for bit, with fewer arrays
         crossing the compiled boundary (the single-asset fast path)."""
-        _check_observation(obs)
-        value = to_magnitude(obs.magnitude)
-        timestamp_ns = obs.timestamp_ns
-        now = self._now(timestamp_ns)
+        value, timestamp_ns, now = self._tick_inputs(obs)
         reading = self._read_packed(packed.buffers, value) if packed.refresh_due else self._no_reading
         buffers, output = self._step_packed(packed.buffers, value, timestamp_ns, now, reading)
         output = np.asarray(output)
